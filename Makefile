@@ -1,0 +1,52 @@
+# Attrition risk service. `make help` lists the targets.
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+export PATH := $(BIN):$(PATH)
+PORT ?= 3000
+# Tests use their own model store so they never touch (or depend on) yours.
+TEST_BENTOML_HOME ?= $(CURDIR)/build/bentoml-test
+
+.PHONY: help install train model serve test test-fast lint build clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed ## Create .venv and install the pinned dependencies
+
+train: install ## Train, evaluate and save a new model to the BentoML model store
+	$(BIN)/python -m training
+
+model: install ## Train a model only if the store has none
+	@$(BIN)/bentoml models get attrition:latest >/dev/null 2>&1 || $(BIN)/python -m training
+
+serve: model ## Serve on http://localhost:$(PORT) (BentoML settings from configuration.yaml)
+	BENTOML_CONFIG=configuration.yaml $(BIN)/bentoml serve service:AttritionService --port $(PORT)
+
+test: install ## Run the whole suite (unit + integration against real servers)
+	BENTOML_HOME=$(TEST_BENTOML_HOME) $(BIN)/python -m pytest
+
+test-fast: install ## Unit tests only
+	BENTOML_HOME=$(TEST_BENTOML_HOME) $(BIN)/python -m pytest -m "not integration"
+
+lint: install ## ruff and mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+build: model ## Build a Bento (bentofile.yaml) with the pinned model
+	$(BIN)/bentoml build
+
+clean: ## Remove the venv, build output and local data
+	rm -rf $(VENV) build reports data .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,1 @@
+"""Persistence: database engine, tables, migrations and the inference log."""

@@ -1,0 +1,217 @@
+"""The attrition risk service: a model runner with adaptive batching behind an HTTP entry service."""
+
+import json
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+import bentoml
+import numpy as np
+import pandas as pd
+from fastapi import Depends, FastAPI
+from pydantic import BaseModel, ConfigDict, Field
+
+from settings import get_settings
+from training.schema import FEATURES, Employee
+
+settings = get_settings()
+# Resolve "name:latest" once, so the runner and the entry service serve the same version.
+MODEL_TAG = str(bentoml.models.get(settings.model_tag).tag)
+
+
+class Prediction(BaseModel):
+    """Attrition risk for one employee."""
+
+    request_id: str = Field(description="Id of this prediction (also the X-Request-ID header).")
+    probability: float = Field(description="Probability that the employee leaves.", ge=0, le=1)
+    label: Literal["Yes", "No"] = Field(description="'Yes' when probability >= threshold.")
+    threshold: float = Field(description="Decision threshold of the model.")
+    model_tag: str = Field(description="Model that made the prediction.")
+
+
+class BatchItem(BaseModel):
+    index: int = Field(description="Position of the employee in the request.")
+    probability: float = Field(ge=0, le=1)
+    label: Literal["Yes", "No"]
+
+
+class BatchRequest(BaseModel):
+    """Employees to score together; results come back in the same order."""
+
+    model_config = ConfigDict(extra="forbid")
+    employees: Annotated[list[Employee], Field(min_length=1, max_length=settings.max_batch_size)]
+
+
+class BatchPrediction(BaseModel):
+    request_id: str
+    threshold: float
+    model_tag: str
+    predictions: list[BatchItem]
+
+
+@bentoml.service(name="AttritionModel", workers=1)
+class AttritionModel:
+    """The runner: loads the pipeline once per worker and scores adaptive batches."""
+
+    model_ref = bentoml.models.BentoModel(MODEL_TAG)
+
+    def __init__(self) -> None:
+        self.pipeline = bentoml.sklearn.load_model(self.model_ref)
+
+    @bentoml.api(
+        batchable=True,
+        max_batch_size=settings.runner_max_batch_size,
+        max_latency_ms=settings.runner_max_latency_ms,
+    )
+    def predict_proba(self, employees: list[Employee]) -> np.ndarray:
+        """Probability of attrition for each employee, in order."""
+        frame = pd.DataFrame([e.model_dump() for e in employees], columns=list(FEATURES))
+        return self.pipeline.predict_proba(frame)[:, 1]
+
+
+def error_body(error: str, loc: str, msg: str, type_: str) -> bytes:
+    """The error shape BentoML uses for validation errors: {"error", "detail": [{loc, msg, type}]}."""
+    detail = [{"loc": [loc], "msg": msg, "type": type_}]
+    return json.dumps({"error": error, "detail": detail}).encode()
+
+
+async def send_json(send: Any, status: int, body: bytes, headers: Any = ()) -> None:
+    head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": [*head, *headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class RequestGuard:
+    """Pure ASGI middleware: 415 for non-JSON prediction bodies, 413 for bodies over max_bytes."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        ctype = headers.get(b"content-type", b"application/json").split(b";")[0].strip()
+        if scope["path"].startswith("/predict") and ctype != b"application/json":
+            msg = f"content type {ctype.decode(errors='replace')!r} is not supported; send application/json"
+            await send_json(
+                send, 415, error_body("unsupported media type", "header", msg, "media_type")
+            )
+            return
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit():
+            if int(length) > self.max_bytes:
+                await self._refuse(send, int(length))
+            else:
+                await self.app(scope, receive, send)
+            return
+        # No (valid) Content-Length: read the stream, counting, then replay it.
+        messages, total = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            total += len(message.get("body", b""))
+            if total > self.max_bytes:
+                await self._refuse(send, total)
+                return
+            if not message.get("more_body", False):
+                break
+
+        async def replay() -> Any:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, send: Any, size: int) -> None:
+        msg = f"body of {size} bytes exceeds the limit of {self.max_bytes} bytes"
+        await send_json(send, 413, error_body("request body too large", "body", msg, "too_large"))
+
+
+api = FastAPI(title="Attrition service: status")
+
+
+def label(probability: float, threshold: float) -> Literal["Yes", "No"]:
+    return "Yes" if probability >= threshold else "No"
+
+
+@bentoml.service(name="AttritionService", http={"port": 3000})
+@bentoml.asgi_app(api, path="/")
+class AttritionService:
+    """Entry service: validates input, calls the runner, returns typed answers."""
+
+    model = bentoml.depends(AttritionModel)
+    model_ref = bentoml.models.BentoModel(MODEL_TAG)
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        info = self.model_ref.info
+        self.metadata: dict[str, Any] = dict(info.metadata)
+        self.threshold = float(self.metadata["threshold"])
+
+    async def _score(self, employees: list[Employee]) -> list[float]:
+        probs = await self.model.to_async.predict_proba(employees)
+        return [float(p) for p in probs]
+
+    @bentoml.api(route="/predict/attrition")
+    async def predict(self, employee: Employee, /, ctx: bentoml.Context) -> Prediction:
+        """Attrition risk of one employee."""
+        request_id = str(uuid.uuid4())
+        [p] = await self._score([employee])
+        ctx.response.headers["X-Request-ID"] = request_id
+        return Prediction(
+            request_id=request_id,
+            probability=p,
+            label=label(p, self.threshold),
+            threshold=self.threshold,
+            model_tag=MODEL_TAG,
+        )
+
+    @bentoml.api(route="/predict/attrition/batch")
+    async def predict_batch(self, batch: BatchRequest, /, ctx: bentoml.Context) -> BatchPrediction:
+        """Attrition risk of up to ATTRITION_MAX_BATCH_SIZE employees, in request order."""
+        request_id = str(uuid.uuid4())
+        probs = await self._score(batch.employees)
+        ctx.response.headers["X-Request-ID"] = request_id
+        return BatchPrediction(
+            request_id=request_id,
+            threshold=self.threshold,
+            model_tag=MODEL_TAG,
+            predictions=[
+                BatchItem(index=i, probability=p, label=label(p, self.threshold))
+                for i, p in enumerate(probs)
+            ],
+        )
+
+
+AttritionService.add_asgi_middleware(RequestGuard, max_bytes=settings.max_body_bytes)
+
+
+@api.get("/health")
+async def health(svc: AttritionService = Depends(bentoml.get_current_service)) -> dict[str, Any]:
+    """Liveness with the served model and uptime."""
+    return {
+        "status": "ok",
+        "model_tag": MODEL_TAG,
+        "uptime_seconds": round(time.monotonic() - svc.started, 1),
+    }
+
+
+@api.get("/model")
+async def model_card(
+    svc: AttritionService = Depends(bentoml.get_current_service),
+) -> dict[str, Any]:
+    """The served model: tag, metrics, threshold and the feature schema."""
+    meta = svc.metadata
+    return {
+        "tag": MODEL_TAG,
+        "threshold": svc.threshold,
+        "model_family": meta.get("model_family"),
+        "threshold_rule": meta.get("threshold_rule"),
+        "metrics": {"cv": meta.get("cv"), "test": meta.get("test")},
+        "data_sha256": meta.get("data_sha256"),
+        "trained_at": meta.get("trained_at"),
+        "versions": meta.get("versions"),
+        "feature_schema": Employee.model_json_schema(),
+    }

@@ -1,0 +1,1 @@
+"""Training: data loading, the feature contract, pipelines and evaluation."""

@@ -1,0 +1,147 @@
+"""The employee feature contract shared by training and serving."""
+
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator
+
+
+def _int(lo: int, hi: int, description: str, example: int) -> Any:
+    """A strict integer field: no strings, no floats, no NaN/Infinity, bounded."""
+    return Annotated[StrictInt, Field(ge=lo, le=hi, description=description, examples=[example])]
+
+
+def _cat(description: str, example: str) -> Any:
+    return Field(description=description, examples=[example])
+
+
+BusinessTravelValue = Literal["Non-Travel", "Travel_Rarely", "Travel_Frequently"]
+DepartmentValue = Literal["Human_Resources", "Research_Development", "Sales"]
+EducationValue = Literal["Below_College", "College", "Bachelor", "Master", "Doctor"]
+EducationFieldValue = Literal[
+    "Human_Resources",
+    "Life_Sciences",
+    "Marketing",
+    "Medical",
+    "Other",
+    "Technical_Degree",
+]
+SatisfactionValue = Literal["Low", "Medium", "High", "Very_High"]
+GenderValue = Literal["Female", "Male"]
+JobRoleValue = Literal[
+    "Healthcare_Representative",
+    "Human_Resources",
+    "Laboratory_Technician",
+    "Manager",
+    "Manufacturing_Director",
+    "Research_Director",
+    "Research_Scientist",
+    "Sales_Executive",
+    "Sales_Representative",
+]
+MaritalStatusValue = Literal["Single", "Married", "Divorced"]
+YesNoValue = Literal["No", "Yes"]
+PerformanceRatingValue = Literal["Low", "Good", "Excellent", "Outstanding"]
+WorkLifeBalanceValue = Literal["Bad", "Good", "Better", "Best"]
+
+
+# Cross-field rules every real employee satisfies: (smaller, larger, slack).
+YEAR_RULES: tuple[tuple[str, str, int], ...] = (
+    ("YearsAtCompany", "TotalWorkingYears", 0),
+    ("YearsInCurrentRole", "YearsAtCompany", 0),
+    ("YearsSinceLastPromotion", "YearsAtCompany", 0),
+    ("YearsWithCurrManager", "YearsAtCompany", 0),
+    ("TotalWorkingYears", "Age", -14),
+)
+
+
+class Employee(BaseModel):
+    """One employee, as the model sees them: 30 features, no identifiers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    Age: _int(14, 100, "Age in years.", 41)
+    BusinessTravel: BusinessTravelValue = _cat("How often the employee travels.", "Travel_Rarely")
+    DailyRate: _int(0, 100_000, "Daily rate of pay.", 1102)
+    Department: DepartmentValue = _cat("Department.", "Sales")
+    DistanceFromHome: _int(0, 1_000, "Distance from home to work (miles).", 1)
+    Education: EducationValue = _cat("Highest education level (ordered).", "College")
+    EducationField: EducationFieldValue = _cat("Field of education.", "Life_Sciences")
+    EnvironmentSatisfaction: SatisfactionValue = _cat(
+        "Satisfaction with the work environment (ordered).", "Medium"
+    )
+    Gender: GenderValue = _cat("Gender.", "Female")
+    HourlyRate: _int(0, 10_000, "Hourly rate of pay.", 94)
+    JobInvolvement: SatisfactionValue = _cat("Job involvement (ordered).", "High")
+    JobLevel: _int(1, 5, "Job level, 1 (entry) to 5.", 2)
+    JobRole: JobRoleValue = _cat("Job role.", "Sales_Executive")
+    JobSatisfaction: SatisfactionValue = _cat("Job satisfaction (ordered).", "Very_High")
+    MaritalStatus: MaritalStatusValue = _cat("Marital status.", "Single")
+    MonthlyIncome: _int(0, 10_000_000, "Monthly income.", 5993)
+    MonthlyRate: _int(0, 10_000_000, "Monthly rate of pay.", 19479)
+    NumCompaniesWorked: _int(0, 60, "Number of companies worked at before.", 8)
+    OverTime: YesNoValue = _cat("Whether the employee works overtime.", "Yes")
+    PercentSalaryHike: _int(0, 1_000, "Last salary increase, percent.", 11)
+    PerformanceRating: PerformanceRatingValue = _cat(
+        "Last performance rating (ordered).", "Excellent"
+    )
+    RelationshipSatisfaction: SatisfactionValue = _cat(
+        "Satisfaction with work relationships (ordered).", "Low"
+    )
+    StockOptionLevel: _int(0, 3, "Stock option level, 0 to 3.", 0)
+    TotalWorkingYears: _int(0, 86, "Total years of work experience.", 8)
+    TrainingTimesLastYear: _int(0, 366, "Trainings attended last year.", 0)
+    WorkLifeBalance: WorkLifeBalanceValue = _cat("Work-life balance (ordered).", "Bad")
+    YearsAtCompany: _int(0, 86, "Years at this company.", 6)
+    YearsInCurrentRole: _int(0, 86, "Years in the current role.", 4)
+    YearsSinceLastPromotion: _int(0, 86, "Years since the last promotion.", 0)
+    YearsWithCurrManager: _int(0, 86, "Years with the current manager.", 5)
+
+    @field_validator(
+        "TotalWorkingYears",
+        "YearsAtCompany",
+        "YearsInCurrentRole",
+        "YearsSinceLastPromotion",
+        "YearsWithCurrManager",
+    )
+    @classmethod
+    def _consistent_years(cls, value: int, info: ValidationInfo) -> int:
+        # Each rule's larger field is declared before its smaller one, so it is in info.data.
+        for small, large, slack in YEAR_RULES:
+            if small == info.field_name and large in info.data:
+                limit = info.data[large] + slack
+                if value > limit:
+                    bound = large if slack == 0 else f"{large} - {-slack}"
+                    raise ValueError(f"must not exceed {bound} ({limit})")
+        return value
+
+
+FEATURES: tuple[str, ...] = tuple(Employee.model_fields)
+
+
+def categories(field: str) -> tuple[str, ...] | None:
+    """The closed set of values of a categorical field, in order; None if numeric."""
+    return get_args(Employee.model_fields[field].annotation) or None
+
+
+def bounds(field: str) -> tuple[int, int]:
+    """The inclusive (low, high) bounds of a numeric field."""
+    info = Employee.model_fields[field]
+    lo = next(m.ge for m in info.metadata if hasattr(m, "ge"))
+    hi = next(m.le for m in info.metadata if hasattr(m, "le"))
+    return lo, hi
+
+
+CATEGORICAL: tuple[str, ...] = tuple(f for f in FEATURES if categories(f))
+NUMERIC: tuple[str, ...] = tuple(f for f in FEATURES if not categories(f))
+# Categorical fields whose values have a natural order (encoded as ranks).
+ORDINAL: tuple[str, ...] = (
+    "Education",
+    "EnvironmentSatisfaction",
+    "JobInvolvement",
+    "JobSatisfaction",
+    "PerformanceRating",
+    "RelationshipSatisfaction",
+    "WorkLifeBalance",
+)
+NOMINAL: tuple[str, ...] = tuple(f for f in CATEGORICAL if f not in ORDINAL)
+TARGET = "Attrition"
