@@ -1,0 +1,53 @@
+"""`bentoml build` packs code and the pinned model; the built Bento serves from a fresh store."""
+
+import os
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers import BENTOML, PROJECT_DIR, Server, employee_rows
+
+pytestmark = pytest.mark.integration
+
+
+def bentoml_cli(*args: str, home: str | Path) -> str:
+    env = {**os.environ, "BENTOML_HOME": str(home)}
+    out = subprocess.run(
+        [BENTOML, *args], cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+def test_built_bento_serves_its_packed_model(
+    model_tag: str, pipeline: object, tmp_path: Path
+) -> None:
+    home = os.environ["BENTOML_HOME"]
+    env_model = {"ATTRITION_MODEL_TAG": model_tag}
+    os.environ.update(env_model)  # service.py resolves the model at build time too
+    try:
+        tag = bentoml_cli("build", "--output", "tag", home=home).strip().split("__tag__:")[-1]
+    finally:
+        os.environ.pop("ATTRITION_MODEL_TAG")
+    archive = tmp_path / "attrition.bento"
+    bentoml_cli("export", tag, str(archive), home=home)
+
+    # A store that has never seen the model: everything must come from the Bento.
+    fresh = tmp_path / "fresh-home"
+    bentoml_cli("import", str(archive), home=fresh)
+    assert model_tag in bentoml_cli("models", "list", home=fresh)
+
+    srv = Server(tag, {"BENTOML_HOME": str(fresh)}, log=tmp_path / "bento.log")
+    try:
+        row = employee_rows(1)[0]
+        r = httpx.post(f"{srv.url}/predict/attrition", json=row, timeout=30)
+        assert r.status_code == 200, r.text
+        assert r.json()["model_tag"] == model_tag
+        import pandas as pd
+
+        want = pipeline.predict_proba(pd.DataFrame([row]))[0, 1]  # type: ignore[attr-defined]
+        assert abs(r.json()["probability"] - want) <= 1e-9
+    finally:
+        srv.stop()
