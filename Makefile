@@ -11,7 +11,7 @@ PORT ?= 3000
 # Tests use their own model store so they never touch (or depend on) yours.
 TEST_BENTOML_HOME ?= $(CURDIR)/build/bentoml-test
 
-.PHONY: help install train model serve test test-fast lint build clean
+.PHONY: help install train model migrate serve test test-fast lint build clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,8 +31,13 @@ train: install ## Train, evaluate and save a new model to the BentoML model stor
 model: install ## Train a model only if the store has none
 	@$(BIN)/bentoml models get attrition:latest >/dev/null 2>&1 || $(BIN)/python -m training
 
+migrate: install ## Apply database migrations (ATTRITION_DATABASE_URL, default SQLite in data/)
+	$(BIN)/python -m persistence migrate
+
+# Development mode unless told otherwise: a generated JWT secret in data/ (never for production).
 serve: model ## Serve on http://localhost:$(PORT) (BentoML settings from configuration.yaml)
-	BENTOML_CONFIG=configuration.yaml $(BIN)/bentoml serve service:AttritionService --port $(PORT)
+	ATTRITION_DEV_MODE=$${ATTRITION_DEV_MODE:-true} BENTOML_CONFIG=configuration.yaml \
+		$(BIN)/bentoml serve service:AttritionService --port $(PORT)
 
 test: install ## Run the whole suite (unit + integration against real servers)
 	BENTOML_HOME=$(TEST_BENTOML_HOME) $(BIN)/python -m pytest

@@ -8,9 +8,15 @@ from typing import Annotated, Any, Literal
 import bentoml
 import numpy as np
 import pandas as pd
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Form
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from sqlmodel import Session
 
+from auth.middleware import JWTAuthMiddleware
+from auth.tokens import create_token
+from auth.users import LockedOut, authenticate
+from persistence.db import make_engine, upgrade
 from settings import get_settings
 from training.schema import FEATURES, Employee
 
@@ -129,7 +135,7 @@ class RequestGuard:
         await send_json(send, 413, error_body("request body too large", "body", msg, "too_large"))
 
 
-api = FastAPI(title="Attrition service: status")
+api = FastAPI(title="Attrition service: status and auth", docs_url=None, redoc_url=None)
 
 
 def label(probability: float, threshold: float) -> Literal["Yes", "No"]:
@@ -146,9 +152,21 @@ class AttritionService:
 
     def __init__(self) -> None:
         self.started = time.monotonic()
-        info = self.model_ref.info
-        self.metadata: dict[str, Any] = dict(info.metadata)
+        self.metadata: dict[str, Any] = dict(self.model_ref.info.metadata)
         self.threshold = float(self.metadata["threshold"])
+        # Secured here, not at import, so `bentoml build` needs no secret.
+        self.settings = settings.secured()
+        self.engine = make_engine(settings.sqlalchemy_url)  # one per worker process
+
+    @bentoml.on_deployment
+    def migrate() -> None:
+        """Check the auth settings and apply pending migrations, once, before workers start."""
+        settings.secured()
+        upgrade(settings.sqlalchemy_url)
+
+    @bentoml.on_shutdown
+    def close(self) -> None:
+        self.engine.dispose()
 
     async def _score(self, employees: list[Employee]) -> list[float]:
         probs = await self.model.to_async.predict_proba(employees)
@@ -186,6 +204,7 @@ class AttritionService:
 
 
 AttritionService.add_asgi_middleware(RequestGuard, max_bytes=settings.max_body_bytes)
+AttritionService.add_asgi_middleware(JWTAuthMiddleware, settings=settings)
 
 
 @api.get("/health")
@@ -215,3 +234,44 @@ async def model_card(
         "versions": meta.get("versions"),
         "feature_schema": Employee.model_json_schema(),
     }
+
+
+class Token(BaseModel):
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_in: int = Field(description="Seconds until the token expires.")
+
+
+@api.post("/auth/token", response_model=Token, responses={400: {}, 429: {}})
+def issue_token(
+    username: Annotated[str, Form(max_length=64)],
+    password: Annotated[str, Form(max_length=1024)],
+    grant_type: Annotated[Literal["password"], Form()] = "password",
+    svc: AttritionService = Depends(bentoml.get_current_service),
+) -> Any:
+    """OAuth2 password grant. Unknown user and wrong password get the same answer."""
+    with Session(svc.engine) as session:
+        try:
+            user = authenticate(
+                session=session,
+                username=username,
+                password=password,
+                max_failures=settings.login_max_failures,
+                lockout_seconds=settings.login_lockout_seconds,
+            )
+        except LockedOut as locked:
+            return JSONResponse(
+                {
+                    "error": "temporarily_locked",
+                    "error_description": "too many failed logins; try later",
+                },
+                status_code=429,
+                headers={"Retry-After": str(locked.retry_after_seconds)},
+            )
+        if user is None:
+            return JSONResponse(
+                {"error": "invalid_grant", "error_description": "invalid username or password"},
+                status_code=400,
+            )
+        token = create_token(svc.settings, subject=user.username, roles=user.roles)
+    return Token(access_token=token, expires_in=settings.access_token_ttl_seconds)

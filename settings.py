@@ -1,18 +1,53 @@
 """Application settings: one validated class, read from ATTRITION_* variables and .env."""
 
+import logging
+import os
+import secrets
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_DIR = Path(__file__).resolve().parent
+log = logging.getLogger("attrition.settings")
+
+# Secrets that appear in docs and tutorials; never acceptable outside development mode.
+KNOWN_DEFAULT_SECRETS = frozenset(
+    {
+        "secret",
+        "changeme",
+        "change-me",
+        "changethis",
+        "your-secret-key",
+        "supersecret",
+        "development",
+        "dev-secret",
+        "jwt-secret",
+        "please-change-me-in-production",
+    }
+)
+MIN_SECRET_BYTES = 32
+DEFAULT_PUBLIC_PATHS = (
+    "/livez",
+    "/readyz",
+    "/healthz",
+    "/health",
+    "/metrics",
+    "/docs.json",
+    "/",
+    "/auth/token",
+)
 
 
 class Settings(BaseSettings):
     """Everything the application (not the BentoML runtime) can be told."""
 
     model_config = SettingsConfigDict(env_prefix="ATTRITION_", env_file=".env", extra="ignore")
+
+    dev_mode: bool = False
+    """Development mode: allows a generated JWT secret and disabling auth. Never in production."""
 
     model_tag: str = "attrition:latest"
     """Model to serve from the BentoML model store; pin a version (attrition:abc123) in production."""
@@ -30,7 +65,98 @@ class Settings(BaseSettings):
     """Latency bound the runner's adaptive batching dispatcher aims for."""
 
     data_dir: Path = PROJECT_DIR / "data"
-    """Folder for local state (SQLite database, spool files)."""
+    """Folder for local state (SQLite database, spool files, the development JWT secret)."""
+
+    database_url: str | None = None
+    """SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db; unset = SQLite in data_dir."""
+
+    auth_enabled: bool = True
+    """Check bearer tokens on every non-public route (may be turned off only in dev_mode)."""
+
+    public_paths: tuple[str, ...] = DEFAULT_PUBLIC_PATHS
+    """Exact paths served without a token (Swagger UI assets are always public)."""
+
+    jwt_algorithm: Literal["HS256", "RS256", "ES256"] = "HS256"
+    """The one algorithm accepted (RFC 8725 allowlist). RS256/ES256 verify with jwt_public_key_file."""
+
+    jwt_secret: SecretStr | None = None
+    """HS256 key, at least 32 bytes. Required unless dev_mode (which generates one)."""
+
+    jwt_public_key_file: Path | None = None
+    """PEM public key of the identity provider, for RS256/ES256."""
+
+    jwt_private_key_file: Path | None = None
+    """PEM private key, only for minting RS256/ES256 tokens with `python -m auth token`."""
+
+    jwt_issuer: str = "attrition-service"
+    """Expected `iss` claim."""
+
+    jwt_audience: str = "attrition-api"
+    """Expected `aud` claim."""
+
+    jwt_leeway_seconds: int = Field(30, ge=0, le=300)
+    """Clock skew tolerated on exp/iat/nbf."""
+
+    access_token_ttl_seconds: int = Field(3600, ge=60)
+    """Lifetime of tokens from POST /auth/token."""
+
+    login_max_failures: int = Field(5, ge=1)
+    """Consecutive failed logins for one username before it is locked."""
+
+    login_lockout_seconds: int = Field(300, ge=1)
+    """How long a username stays locked after too many failures."""
+
+    user_cache_seconds: float = Field(5.0, ge=0)
+    """How long a worker trusts a user's active flag and roles before reading them again."""
+
+    def secured(self) -> "Settings":
+        """These settings with a usable JWT key, or ValueError when they are unsafe.
+
+        Called when the service starts and by the CLI, not at import, so `bentoml build` needs no
+        secret. Outside dev_mode a short or well-known secret is refused; in dev_mode one is
+        generated (and kept in data_dir so every worker shares it).
+        """
+        if not self.auth_enabled and not self.dev_mode:
+            raise ValueError(
+                "ATTRITION_AUTH_ENABLED=false is only allowed with ATTRITION_DEV_MODE=true"
+            )
+        if self.jwt_algorithm != "HS256":
+            if self.jwt_public_key_file is None:
+                raise ValueError(f"{self.jwt_algorithm} needs ATTRITION_JWT_PUBLIC_KEY_FILE")
+            return self
+        secret = self.jwt_secret.get_secret_value() if self.jwt_secret else ""
+        weak = len(secret.encode()) < MIN_SECRET_BYTES or secret.lower() in KNOWN_DEFAULT_SECRETS
+        if not weak:
+            return self
+        if not self.dev_mode:
+            raise ValueError(
+                f"ATTRITION_JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes and not a known "
+                "default (generate one: python -c 'import secrets; print(secrets.token_urlsafe(48))'); "
+                "or set ATTRITION_DEV_MODE=true for a generated development secret"
+            )
+        return self.model_copy(update={"jwt_secret": SecretStr(dev_secret(self.data_dir))})
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'attrition.db'}"
+
+
+def dev_secret(data_dir: Path) -> str:
+    """A generated HS256 secret kept in data_dir, so every worker and the CLI share it."""
+    path = data_dir / "dev-jwt-secret"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        tmp = data_dir / f".dev-jwt-secret.{os.getpid()}"
+        tmp.write_text(secrets.token_urlsafe(48))
+        tmp.chmod(0o600)
+        try:
+            os.link(tmp, path)  # atomic and exclusive: concurrent workers keep the first secret
+            log.warning("development mode: generated a JWT secret in %s", path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return path.read_text().strip()
 
 
 @lru_cache

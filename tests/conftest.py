@@ -1,15 +1,32 @@
-"""Fixtures shared by the suite: an isolated model store with a trained model, a served service."""
+"""Fixtures shared by the suite: an isolated model store with a trained model, real databases,
+and real `bentoml serve` stacks with users of each role."""
 
 import os
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 
 from tests.helpers import PROJECT_DIR, Server
 
 # A model store of the suite's own; set before anything imports bentoml.
 os.environ.setdefault("BENTOML_HOME", str(PROJECT_DIR / "build" / "bentoml-test"))
+
+PG_ADMIN = os.environ.get("ATTRITION_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+TEST_SECRET = "test-secret-" + "x" * 40
+PASSWORD = "correct horse battery staple"
+# username -> (roles, active)
+USERS = {
+    "predictor": (["predict"], True),
+    "historian": (["history"], True),
+    "admin": (["admin"], True),
+    "analyst": (["predict", "history"], True),
+    "retired": (["predict"], False),
+}
 
 
 @pytest.fixture(scope="session")
@@ -27,16 +44,146 @@ def model_tag() -> str:
 
 
 @pytest.fixture(scope="session")
-def pipeline(model_tag: str):  # type: ignore[no-untyped-def]
+def pipeline(model_tag: str) -> Any:
     import bentoml
 
     return bentoml.sklearn.load_model(model_tag)
 
 
+class PostgresDatabases:
+    """Creates throwaway databases on the real PostgreSQL and drops them at the end."""
+
+    def __init__(self) -> None:
+        try:
+            self.admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5)
+        except psycopg.OperationalError as exc:  # a failure, never a skip: CI must have it
+            pytest.fail(f"PostgreSQL is required at {PG_ADMIN}: {exc}")
+        self.names: list[str] = []
+
+    def create(self) -> str:
+        name = f"attrition_test_{uuid.uuid4().hex[:10]}"
+        self.admin.execute(f'CREATE DATABASE "{name}"')
+        self.names.append(name)
+        return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+
+    def drop_all(self) -> None:
+        for name in self.names:
+            self.admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self.admin.close()
+
+
 @pytest.fixture(scope="session")
-def server(model_tag: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A real `bentoml serve` of the entry service and its runner."""
-    log: Path = tmp_path_factory.mktemp("server") / "serve.log"
-    srv = Server("service:AttritionService", {"ATTRITION_MODEL_TAG": model_tag}, log=log)
-    yield srv
-    srv.stop()
+def postgres() -> Iterator[PostgresDatabases]:
+    dbs = PostgresDatabases()
+    yield dbs
+    dbs.drop_all()
+
+
+def database_url(backend: str, postgres: PostgresDatabases, tmp: Path) -> str:
+    if backend == "postgresql":
+        return postgres.create()
+    return f"sqlite:///{tmp / 'attrition.db'}"
+
+
+def app_settings(url: str, data_dir: Path, **extra: Any) -> Any:
+    from settings import Settings
+
+    return Settings(
+        database_url=url, data_dir=data_dir, jwt_secret=TEST_SECRET, user_cache_seconds=0, **extra
+    ).secured()
+
+
+def seed_users(url: str) -> None:
+    from sqlmodel import Session
+
+    from auth.users import create_user
+    from persistence.db import make_engine, upgrade
+    from persistence.models import UserCreate
+
+    upgrade(url)
+    engine = make_engine(url)
+    with Session(engine) as session:
+        for name, (roles, active) in USERS.items():
+            create_user(
+                session=session,
+                user_in=UserCreate(username=name, roles=roles, password=PASSWORD, is_active=active),
+            )
+    engine.dispose()
+
+
+@dataclass
+class Stack:
+    """A served service with its database and the settings to mint tokens for it."""
+
+    backend: str
+    url: str
+    server: Server
+    settings: Any
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    def token(self, user: str) -> str:
+        from auth.tokens import create_token
+
+        if user not in self.tokens:
+            roles = USERS[user][0] if user in USERS else ["predict"]
+            self.tokens[user] = create_token(self.settings, subject=user, roles=roles)
+        return self.tokens[user]
+
+    def headers(self, user: str = "admin") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(user)}"}
+
+
+SERVER_ENV = {
+    "ATTRITION_JWT_SECRET": TEST_SECRET,
+    "ATTRITION_USER_CACHE_SECONDS": "0",
+    "ATTRITION_LOGIN_MAX_FAILURES": "3",
+    "ATTRITION_LOGIN_LOCKOUT_SECONDS": "120",
+}
+
+
+def start_stack(backend: str, model_tag: str, postgres: PostgresDatabases, tmp: Path) -> Stack:
+    url = database_url(backend, postgres, tmp)
+    seed_users(url)
+    env = {
+        **SERVER_ENV,
+        "ATTRITION_MODEL_TAG": model_tag,
+        "ATTRITION_DATABASE_URL": url,
+        "ATTRITION_DATA_DIR": str(tmp / "data"),
+    }
+    server = Server("service:AttritionService", env, log=tmp / "serve.log")
+    return Stack(backend, url, server, app_settings(url, tmp / "data"))
+
+
+@pytest.fixture(scope="session")
+def stacks(
+    model_tag: str, postgres: PostgresDatabases, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Stack]]:
+    """Servers by backend, started on first use and stopped at the end of the session."""
+    started: dict[str, Stack] = {}
+
+    class Lazy(dict[str, Stack]):
+        def __missing__(self, backend: str) -> Stack:
+            stack = start_stack(backend, model_tag, postgres, tmp_path_factory.mktemp(backend))
+            self[backend] = started[backend] = stack
+            return stack
+
+    yield Lazy()
+    for stack in started.values():
+        stack.server.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(stacks: dict[str, Stack]) -> Stack:
+    """The PostgreSQL-backed service."""
+    return stacks["postgresql"]
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def backend_stack(request: pytest.FixtureRequest, stacks: dict[str, Stack]) -> Stack:
+    """The service on each database backend."""
+    return stacks[request.param]
+
+
+@pytest.fixture(scope="session")
+def server(stack: Stack) -> Server:
+    return stack.server

@@ -7,6 +7,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from auth.tokens import create_token
+from persistence.db import current_revision
+from tests.conftest import SERVER_ENV, app_settings, seed_users
 from tests.helpers import BENTOML, PROJECT_DIR, Server, employee_rows
 
 pytestmark = pytest.mark.integration
@@ -39,10 +42,23 @@ def test_built_bento_serves_its_packed_model(
     bentoml_cli("import", str(archive), home=fresh)
     assert model_tag in bentoml_cli("models", "list", home=fresh)
 
-    srv = Server(tag, {"BENTOML_HOME": str(fresh)}, log=tmp_path / "bento.log")
+    env = {**SERVER_ENV, "BENTOML_HOME": str(fresh), "ATTRITION_DATA_DIR": str(tmp_path / "data")}
+    srv = Server(tag, env, log=tmp_path / "bento.log")
     try:
         row = employee_rows(1)[0]
-        r = httpx.post(f"{srv.url}/predict/attrition", json=row, timeout=30)
+        settings = app_settings(
+            f"sqlite:///{tmp_path / 'data' / 'attrition.db'}", tmp_path / "data"
+        )
+        # The Bento applied the migrations at deployment (on_deployment), before any worker.
+        assert current_revision(settings.sqlalchemy_url) is not None
+        seed_users(settings.sqlalchemy_url)
+        token = create_token(settings, subject="predictor", roles=["predict"])
+        r = httpx.post(
+            f"{srv.url}/predict/attrition",
+            json=row,
+            timeout=30,
+            headers={"Authorization": f"Bearer {token}"},
+        )
         assert r.status_code == 200, r.text
         assert r.json()["model_tag"] == model_tag
         import pandas as pd

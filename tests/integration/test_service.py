@@ -3,6 +3,7 @@
 import asyncio
 import json
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -10,7 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.helpers import Server, employee_rows
+from tests.conftest import Stack
+from tests.helpers import employee_rows
 from training.schema import FEATURES
 
 pytestmark = pytest.mark.integration
@@ -22,8 +24,10 @@ def rows() -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def client(server: Server) -> httpx.Client:
-    with httpx.Client(base_url=server.url, timeout=60) as c:
+def client(stack: Stack) -> Iterator[httpx.Client]:
+    with httpx.Client(
+        base_url=stack.server.url, timeout=60, headers=stack.headers("predictor")
+    ) as c:
         yield c
 
 
@@ -73,15 +77,19 @@ def batch_histogram(metrics: str) -> tuple[float, float]:
 
 
 def test_64_concurrent_requests_get_their_own_answers_in_batches(
-    server: Server, pipeline: Any, rows: list[dict[str, Any]]
+    stack: Stack, pipeline: Any, rows: list[dict[str, Any]]
 ) -> None:
+    server = stack.server
     sample = rows[100:164]
     want = expected(pipeline, sample)
     before = batch_histogram(httpx.get(f"{server.url}/metrics").text)
 
     async def run() -> list[httpx.Response]:
         limits = httpx.Limits(max_connections=64)
-        async with httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits) as c:
+        headers = stack.headers("predictor")
+        async with httpx.AsyncClient(
+            base_url=server.url, timeout=60, limits=limits, headers=headers
+        ) as c:
             return await asyncio.gather(*(c.post("/predict/attrition", json=r) for r in sample))
 
     for _ in range(3):  # three waves, so batching has a chance even on a busy machine
@@ -140,14 +148,18 @@ def test_nan_and_infinity_are_refused(
 ) -> None:
     body = json.dumps(valid(rows)).replace('"Age": 41', f'"Age": {token}')
     assert token in body
-    r = client.post("/predict/attrition", content=body, headers={"content-type": "application/json"})
+    r = client.post(
+        "/predict/attrition", content=body, headers={"content-type": "application/json"}
+    )
     assert r.status_code == 400, r.text
     assert r.json()["detail"][0]["loc"] == ["Age"]
 
 
 @pytest.mark.parametrize("body", ["{bad json", "", "[]", "42"])
 def test_malformed_json_is_a_400(client: httpx.Client, body: str) -> None:
-    r = client.post("/predict/attrition", content=body, headers={"content-type": "application/json"})
+    r = client.post(
+        "/predict/attrition", content=body, headers={"content-type": "application/json"}
+    )
     assert r.status_code == 400, r.text
     assert r.json()["detail"]
 
@@ -190,7 +202,9 @@ def test_batch_must_be_an_object_with_only_employees(
 
 def test_oversized_body_is_a_413(client: httpx.Client) -> None:
     big = b'{"employees": [' + b" " * (5 * 1024 * 1024) + b"]}"
-    r = client.post("/predict/attrition/batch", content=big, headers={"content-type": "application/json"})
+    r = client.post(
+        "/predict/attrition/batch", content=big, headers={"content-type": "application/json"}
+    )
     assert r.status_code == 413
     assert "exceeds the limit" in r.json()["detail"][0]["msg"]
 

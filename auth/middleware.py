@@ -1,0 +1,177 @@
+"""Pure ASGI middleware: verify the bearer token, check the user and the route's role."""
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from sqlmodel import Session
+
+from auth.tokens import TokenError, Verifier
+from auth.users import get_user
+from persistence.db import make_engine
+from settings import Settings
+
+# (path prefix, method or None for any) -> roles that may call it; admin may call everything.
+ROUTE_ROLES: tuple[tuple[str, str | None, frozenset[str]], ...] = (
+    ("/predict/history", "GET", frozenset({"history"})),
+    ("/predict/", "POST", frozenset({"predict"})),
+    ("/admin/", None, frozenset()),
+)
+# Swagger UI assets; always public along with settings.public_paths.
+PUBLIC_PREFIXES = ("/static_content/", "/assets/")
+ADMIN = "admin"
+
+
+def required_roles(method: str, path: str) -> frozenset[str] | None:
+    """Roles that grant this route (admin always does); None = any authenticated user."""
+    for prefix, verb, roles in ROUTE_ROLES:
+        if path.startswith(prefix) and verb in (None, method):
+            return roles | {ADMIN}
+    return None
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: put on request.state.principal for the service's handlers."""
+
+    subject: str
+    roles: frozenset[str]
+
+    @property
+    def is_admin(self) -> bool:
+        return ADMIN in self.roles
+
+
+class UserDirectory:
+    """Active flag and roles of users, read from the database and cached for a few seconds."""
+
+    def __init__(self, url: str, ttl: float) -> None:
+        self.url = url
+        self.ttl = ttl
+        self._engine: Any = None  # opened lazily: one per worker process
+        self._cache: dict[str, tuple[float, frozenset[str] | None]] = {}
+
+    def _load(self, username: str) -> frozenset[str] | None:
+        if self._engine is None:
+            self._engine = make_engine(self.url, pool_size=2)
+        with Session(self._engine) as session:
+            user = get_user(session=session, username=username)
+            return frozenset(user.roles) if user and user.is_active else None
+
+    async def roles(self, username: str) -> frozenset[str] | None:
+        """The active user's roles, or None for an unknown or disabled user."""
+        hit = self._cache.get(username)
+        now = time.monotonic()
+        if hit and now - hit[0] < self.ttl:
+            return hit[1]
+        roles = await anyio.to_thread.run_sync(self._load, username)
+        self._cache[username] = (now, roles)
+        return roles
+
+
+def _error(status: int, error: str, msg: str, extra_headers: list[tuple[bytes, bytes]]) -> tuple:
+    body = json.dumps(
+        {
+            "error": error,
+            "detail": [{"loc": ["header", "Authorization"], "msg": msg, "type": error}],
+        }
+    ).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *extra_headers,
+    ]
+    return status, headers, body
+
+
+class JWTAuthMiddleware:
+    """401 for a missing or bad token, 403 for a valid token without the route's role."""
+
+    def __init__(self, app: Any, settings: Settings) -> None:
+        self.app = app
+        settings = settings.secured()  # refuses to start with an unsafe secret
+        self.public = frozenset(settings.public_paths)
+        self.enabled = settings.auth_enabled
+        self.verifier = Verifier(settings) if settings.auth_enabled else None
+        self.users = UserDirectory(settings.sqlalchemy_url, settings.user_cache_seconds)
+
+    def is_public(self, path: str) -> bool:
+        return path in self.public or path.startswith(PUBLIC_PREFIXES)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if path == "/docs.json":
+            send = with_bearer_security(send)
+        if not self.enabled or self.is_public(path):
+            await self.app(scope, receive, send)
+            return
+        outcome = await self.check(scope)
+        if isinstance(outcome, Principal):
+            scope.setdefault("state", {})["principal"] = outcome
+            await self.app(scope, receive, send)
+            return
+        status, headers, body = outcome
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def check(self, scope: Any) -> Principal | tuple:
+        assert self.verifier is not None
+        header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1").strip()
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if not header:
+            return self.unauthorized("missing bearer token", "invalid_request")
+        if scheme.lower() != "bearer" or not token or " " in token:
+            return self.unauthorized("expected 'Authorization: Bearer <token>'", "invalid_request")
+        try:
+            claims = self.verifier.decode(token)
+        except TokenError as exc:
+            return self.unauthorized(str(exc), "invalid_token")
+        user_roles = await self.users.roles(claims.sub)
+        if user_roles is None:
+            return self.unauthorized("unknown or disabled user", "invalid_token")
+        # A token never grants more than the user has now, nor more than it was issued with.
+        principal = Principal(claims.sub, frozenset(claims.roles) & user_roles)
+        needed = required_roles(scope["method"], scope["path"])
+        if needed is not None and not principal.roles & needed:
+            msg = f"this route needs one of the roles: {', '.join(sorted(needed))}"
+            return _error(403, "insufficient_scope", msg, [])
+        return principal
+
+    @staticmethod
+    def unauthorized(msg: str, error: str) -> tuple:
+        challenge = f'Bearer realm="attrition", error="{error}", error_description="{msg}"'
+        return _error(401, error, msg, [(b"www-authenticate", challenge.encode())])
+
+
+def with_bearer_security(send: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap `send` so the OpenAPI document declares bearer auth (Swagger UI gets 'Authorize')."""
+    start: dict[str, Any] = {}
+    chunks: list[bytes] = []
+
+    async def wrapped(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            start.update(message)
+            return
+        chunks.append(message.get("body", b""))
+        if message.get("more_body"):
+            return
+        body = b"".join(chunks)
+        if start.get("status") == 200:
+            spec = json.loads(body)
+            schemes = spec.setdefault("components", {}).setdefault("securitySchemes", {})
+            schemes["bearerAuth"] = {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            spec["security"] = [{"bearerAuth": []}]
+            body = json.dumps(spec).encode()
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({**start, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return wrapped

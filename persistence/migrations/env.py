@@ -1,0 +1,47 @@
+"""Alembic environment: the SQLModel metadata, the URL from the caller or the settings."""
+
+from alembic import context
+from sqlmodel import SQLModel
+
+import persistence.models  # noqa: F401  (registers the tables on the metadata)
+from persistence.db import make_engine
+
+config = context.config
+target_metadata = SQLModel.metadata
+
+
+def url() -> str:
+    configured = config.get_main_option("sqlalchemy.url")
+    if configured:
+        return configured
+    from settings import get_settings
+
+    return get_settings().sqlalchemy_url
+
+
+def run_offline() -> None:
+    context.configure(url=url(), target_metadata=target_metadata, literal_binds=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_online() -> None:
+    engine = make_engine(url())
+    try:
+        with engine.connect() as conn:
+            context.configure(
+                connection=conn,
+                target_metadata=target_metadata,
+                render_as_batch=conn.dialect.name == "sqlite",
+                compare_type=True,
+            )
+            with context.begin_transaction():
+                context.run_migrations()
+    finally:
+        engine.dispose()
+
+
+if context.is_offline_mode():
+    run_offline()
+else:
+    run_online()

@@ -1,0 +1,52 @@
+"""SQLModel tables (Base -> Create -> table -> Public), UUID keys, timezone-aware times."""
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import JSON, Column
+from sqlmodel import Field, SQLModel
+
+from persistence.types import UTCDateTime, utcnow
+
+ROLES = ("predict", "history", "admin")
+
+
+class UserBase(SQLModel):
+    username: str = Field(min_length=1, max_length=64, regex=r"^[A-Za-z0-9_.@-]+$")
+    roles: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    is_active: bool = True
+
+
+class UserCreate(UserBase):
+    password: str = Field(min_length=8, max_length=1024)
+
+
+class User(UserBase, table=True):
+    __tablename__ = "users"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    username: str = Field(max_length=64, unique=True, index=True)
+    password_hash: str = Field(max_length=255)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime, nullable=False)
+    )
+    last_login_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+
+
+class UserPublic(UserBase):
+    id: uuid.UUID
+    created_at: datetime
+    last_login_at: datetime | None
+
+
+class LoginAttempt(SQLModel, table=True):
+    """Failed logins per username (known or not), for lockout across all workers."""
+
+    __tablename__ = "login_attempts"
+
+    username: str = Field(max_length=64, primary_key=True)
+    failures: int = 0
+    locked_until: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    updated_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime, nullable=False)
+    )

@@ -1,0 +1,105 @@
+"""Token minting and verification for HS256, RS256 and ES256, including key confusion."""
+
+import hashlib
+import hmac
+import json
+import time
+from pathlib import Path
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from auth.tokens import TokenError, Verifier, create_token
+from settings import Settings
+
+SECRET = "s" * 48
+
+
+def pem_pair(key, tmp_path: Path, name: str) -> tuple[Path, Path]:  # type: ignore[no-untyped-def]
+    private = tmp_path / f"{name}.key"
+    public = tmp_path / f"{name}.pub"
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return private, public
+
+
+@pytest.fixture(params=["RS256", "ES256"])
+def asymmetric(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    key = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        if request.param == "RS256"
+        else ec.generate_private_key(ec.SECP256R1())
+    )
+    private, public = pem_pair(key, tmp_path, request.param)
+    return Settings(
+        jwt_algorithm=request.param, jwt_public_key_file=public, jwt_private_key_file=private
+    ).secured()
+
+
+def test_hs256_round_trip() -> None:
+    settings = Settings(jwt_secret=SECRET).secured()
+    claims = Verifier(settings).decode(create_token(settings, subject="amy", roles=["predict"]))
+    assert claims.sub == "amy" and claims.roles == ("predict",)
+    assert claims.raw["iss"] == "attrition-service" and claims.raw["aud"] == "attrition-api"
+
+
+def test_asymmetric_round_trip(asymmetric: Settings) -> None:
+    token = create_token(asymmetric, subject="svc", roles=["predict"], ttl_seconds=60)
+    assert Verifier(asymmetric).decode(token).sub == "svc"
+
+
+def test_asymmetric_server_refuses_hs256_signed_with_its_public_key(asymmetric: Settings) -> None:
+    assert asymmetric.jwt_public_key_file is not None
+    public_pem = asymmetric.jwt_public_key_file.read_bytes()
+    now = int(time.time())
+    header = jwt.utils.base64url_encode(b'{"alg":"HS256","typ":"JWT"}')
+    body = {
+        "sub": "x",
+        "iss": "attrition-service",
+        "aud": "attrition-api",
+        "iat": now,
+        "exp": now + 60,
+    }
+    payload = jwt.utils.base64url_encode(json.dumps(body).encode())
+    sig = jwt.utils.base64url_encode(
+        hmac.new(public_pem, header + b"." + payload, hashlib.sha256).digest()
+    )
+    with pytest.raises(TokenError, match="not accepted"):
+        Verifier(asymmetric).decode((header + b"." + payload + b"." + sig).decode())
+
+
+def test_asymmetric_server_refuses_the_other_asymmetric_algorithm(
+    asymmetric: Settings, tmp_path: Path
+) -> None:
+    other = "ES256" if asymmetric.jwt_algorithm == "RS256" else "RS256"
+    key = (
+        ec.generate_private_key(ec.SECP256R1())
+        if other == "ES256"
+        else rsa.generate_private_key(65537, 2048)
+    )
+    token = jwt.encode({"sub": "x"}, key, algorithm=other)
+    with pytest.raises(TokenError, match="not accepted"):
+        Verifier(asymmetric).decode(token)
+
+
+def test_leeway_tolerates_small_clock_skew() -> None:
+    settings = Settings(jwt_secret=SECRET, jwt_leeway_seconds=30).secured()
+    now = int(time.time())
+    base = {"sub": "a", "iss": settings.jwt_issuer, "aud": settings.jwt_audience}
+    slightly_expired = jwt.encode({**base, "iat": now - 100, "exp": now - 10}, SECRET, "HS256")
+    assert Verifier(settings).decode(slightly_expired).sub == "a"
+    expired = jwt.encode({**base, "iat": now - 100, "exp": now - 60}, SECRET, "HS256")
+    with pytest.raises(TokenError, match="expired"):
+        Verifier(settings).decode(expired)

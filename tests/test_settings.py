@@ -1,0 +1,47 @@
+"""Settings refuse unsafe auth configuration outside development mode."""
+
+from pathlib import Path
+
+import pytest
+
+from settings import Settings
+
+
+@pytest.mark.parametrize("secret", [None, "short", "changeme", "x" * 31])
+def test_weak_or_missing_secret_is_refused(secret: str | None, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="at least 32 bytes"):
+        Settings(jwt_secret=secret, data_dir=tmp_path).secured()
+
+
+def test_known_default_is_refused_even_when_long(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        Settings(jwt_secret="please-change-me-in-production", data_dir=tmp_path).secured()
+
+
+def test_dev_mode_generates_one_shared_secret(tmp_path: Path) -> None:
+    first = Settings(dev_mode=True, data_dir=tmp_path).secured()
+    second = Settings(dev_mode=True, data_dir=tmp_path).secured()
+    assert first.jwt_secret is not None and second.jwt_secret is not None
+    assert len(first.jwt_secret.get_secret_value()) >= 32
+    assert first.jwt_secret.get_secret_value() == second.jwt_secret.get_secret_value()
+    assert (tmp_path / "dev-jwt-secret").stat().st_mode & 0o077 == 0
+
+
+def test_auth_can_be_disabled_only_in_dev_mode(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="DEV_MODE"):
+        Settings(auth_enabled=False, jwt_secret="k" * 40, data_dir=tmp_path).secured()
+    Settings(auth_enabled=False, dev_mode=True, data_dir=tmp_path).secured()
+
+
+def test_asymmetric_algorithm_needs_a_public_key() -> None:
+    with pytest.raises(ValueError, match="PUBLIC_KEY_FILE"):
+        Settings(jwt_algorithm="RS256").secured()
+
+
+def test_sqlite_is_the_default_database(tmp_path: Path) -> None:
+    assert Settings(data_dir=tmp_path).sqlalchemy_url == f"sqlite:///{tmp_path / 'attrition.db'}"
+
+
+def test_environment_variables_use_the_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ATTRITION_MAX_BATCH_SIZE", "17")
+    assert Settings().max_batch_size == 17
