@@ -1,0 +1,1 @@
+"""Load tests and benchmarks: locust suite, wrk benchmark driver, shared server harness."""

@@ -1,0 +1,178 @@
+"""Side-by-side benchmark with wrk: start each scenario's real server, load it, print a table.
+
+python -m loadtests.bench --scenarios full,noauth --concurrency 1,16,64 --duration 15
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from loadtests.harness import PROJECT_DIR, Server
+
+SECRET = "bench-secret-" + "b" * 40
+LUA = PROJECT_DIR / "loadtests" / "wrk" / "predict.lua"
+REPORTS = PROJECT_DIR / "reports"
+
+
+@dataclass
+class Scenario:
+    name: str
+    description: str
+    env: dict[str, str] = field(default_factory=dict)
+    target: str = "service:AttritionService"
+    path: str = "/predict/attrition"
+    auth: bool = True
+
+
+SCENARIOS = {
+    s.name: s
+    for s in [
+        Scenario("full", "full service: auth, adaptive batching"),
+        Scenario(
+            "noauth",
+            "same, auth middleware off (dev mode)",
+            {"ATTRITION_DEV_MODE": "true", "ATTRITION_AUTH_ENABLED": "false"},
+            auth=False,
+        ),
+    ]
+}
+
+
+def write_bodies(path: Path) -> None:
+    from training.data import load_reference
+    from training.schema import FEATURES
+
+    rows = load_reference()[list(FEATURES)].to_dict("records")
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+
+def mint_token(env: dict[str, str]) -> str:
+    """Create the bench user in the scenario's database and mint a token for it."""
+    out = subprocess.run(
+        [sys.executable, "-m", "auth", "token", "bench", "--ttl", "2h"],
+        env={**os.environ, **env},
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "auth",
+                "create-user",
+                "bench",
+                "--role",
+                "admin",
+                "--password-stdin",
+            ],
+            env={**os.environ, **env},
+            cwd=PROJECT_DIR,
+            input=b"bench-password-123\n",
+            check=True,
+            capture_output=True,
+        )
+        return mint_token(env)
+    return out.stdout.strip().splitlines()[-1]
+
+
+RESULT = re.compile(r"RESULT (.*)")
+
+
+def wrk(
+    url: str, path: str, bodies: Path, token: str, connections: int, seconds: int
+) -> dict[str, float]:
+    env = {**os.environ, "BODIES": str(bodies), "TOKEN": token, "WRK_PATH": path}
+    threads = str(min(2, connections))
+    cmd = [
+        "wrk",
+        "-t",
+        threads,
+        "-c",
+        str(connections),
+        "-d",
+        f"{seconds}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(LUA),
+        url,
+    ]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    match = RESULT.search(out)
+    if not match:
+        raise RuntimeError(f"no RESULT line from wrk:\n{out}")
+    return {k: float(v) for k, v in (kv.split("=") for kv in match.group(1).split())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.bench", description=__doc__)
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--concurrency", default="1,16,64")
+    parser.add_argument("--duration", type=int, default=15, help="seconds per measurement")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--database-url", default=os.environ.get("ATTRITION_DATABASE_URL"))
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        print(
+            "wrk is not installed (Debian package 'wrk'; `make bench` installs it)", file=sys.stderr
+        )
+        return 2
+
+    work = Path(tempfile.mkdtemp(prefix="attrition-bench-"))
+    bodies = work / "bodies.jsonl"
+    write_bodies(bodies)
+    levels = [int(c) for c in args.concurrency.split(",")]
+    rows: list[tuple[str, int, dict[str, float]]] = []
+    for name in args.scenarios.split(","):
+        sc = SCENARIOS[name]
+        env = {"ATTRITION_JWT_SECRET": SECRET, "ATTRITION_DATA_DIR": str(work / "data"), **sc.env}
+        if args.database_url:
+            env["ATTRITION_DATABASE_URL"] = args.database_url
+        token = mint_token(env) if sc.auth else ""
+        server = Server(sc.target, env, log=work / f"{name}.log")
+        try:
+            wrk(server.url, sc.path, bodies, token, 16, args.warmup)
+            for c in levels:
+                result = wrk(server.url, sc.path, bodies, token, c, args.duration)
+                rows.append((name, c, result))
+                print(f"{name:>8} c={c:<3} {result}", file=sys.stderr, flush=True)
+                time.sleep(1)
+        finally:
+            server.stop()
+    table = render(rows, args)
+    print(table)
+    REPORTS.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    (REPORTS / f"bench-{stamp}.md").write_text(table + "\n")
+    return 0
+
+
+def render(rows: list[tuple[str, int, dict[str, float]]], args: argparse.Namespace) -> str:
+    lines = [
+        f"wrk, {args.duration}s per cell, real employees from the dataset, {os.cpu_count()} cores",
+        "",
+        "| scenario | clients | requests/s | p50 ms | p99 ms | non-2xx | socket errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, c, r in rows:
+        lines.append(
+            f"| {name} | {c} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
+            f"| {r['non2xx']:.0f} | {r['socket_errors']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
