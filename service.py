@@ -3,20 +3,27 @@
 import json
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
+import anyio
 import bentoml
 import numpy as np
 import pandas as pd
-from fastapi import Depends, FastAPI, Form
+from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
 from auth.middleware import JWTAuthMiddleware
 from auth.tokens import create_token
 from auth.users import LockedOut, authenticate
 from persistence.db import make_engine, upgrade
+from persistence.history import BadCursor, get_inference, list_inferences
+from persistence.inference_log import InferenceLog, Record, Spool, make_sink
+from persistence.metrics import log_metrics, rejected_counter
+from persistence.models import InferencePublic
 from settings import get_settings
 from training.schema import FEATURES, Employee
 
@@ -87,6 +94,28 @@ async def send_json(send: Any, status: int, body: bytes, headers: Any = ()) -> N
     await send({"type": "http.response.body", "body": body})
 
 
+REJECTION_REASONS = {
+    400: "invalid_input",
+    401: "unauthenticated",
+    403: "forbidden",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_input",
+}
+
+
+def count_rejections(send: Any) -> Any:
+    """Wrap `send` to count refused prediction requests by reason (they are not inferences)."""
+
+    async def wrapped(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start" and message["status"] >= 400:
+            reason = REJECTION_REASONS.get(message["status"], f"http_{message['status']}")
+            rejected_counter().labels(reason=reason).inc()
+        await send(message)
+
+    return wrapped
+
+
 class RequestGuard:
     """Pure ASGI middleware: 415 for non-JSON prediction bodies, 413 for bodies over max_bytes."""
 
@@ -98,6 +127,8 @@ class RequestGuard:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD"):
             await self.app(scope, receive, send)
             return
+        if scope["path"].startswith("/predict"):
+            send = count_rejections(send)
         headers = dict(scope["headers"])
         ctype = headers.get(b"content-type", b"application/json").split(b";")[0].strip()
         if scope["path"].startswith("/predict") and ctype != b"application/json":
@@ -157,6 +188,17 @@ class AttritionService:
         # Secured here, not at import, so `bentoml build` needs no secret.
         self.settings = settings.secured()
         self.engine = make_engine(settings.sqlalchemy_url)  # one per worker process
+        self.log: InferenceLog | None = None
+        if settings.log_enabled:
+            self.log = InferenceLog(
+                make_sink(settings.sqlalchemy_url, settings.log_write_method),
+                Spool(settings.data_dir / "spool"),
+                batch_size=settings.log_batch_size,
+                flush_interval=settings.log_flush_interval_ms / 1000,
+                queue_size=settings.log_queue_size,
+                retry_interval=settings.log_retry_seconds,
+                metrics=log_metrics(),
+            ).start()
 
     @bentoml.on_deployment
     def migrate() -> None:
@@ -166,18 +208,50 @@ class AttritionService:
 
     @bentoml.on_shutdown
     def close(self) -> None:
+        if self.log is not None:
+            self.log.close()  # flush: write or spool everything queued before the worker exits
         self.engine.dispose()
 
-    async def _score(self, employees: list[Employee]) -> list[float]:
-        probs = await self.model.to_async.predict_proba(employees)
-        return [float(p) for p in probs]
+    async def _infer(
+        self, employees: list[Employee], ctx: bentoml.Context, *, batch: bool
+    ) -> tuple[str, list[float]]:
+        """The one path every prediction takes: score, then hand one record per row to the log."""
+        started = time.perf_counter()
+        request_id = uuid.uuid4()
+        probs = [float(p) for p in await self.model.to_async.predict_proba(employees)]
+        latency_ms = (time.perf_counter() - started) * 1000
+        if self.log is not None:
+            principal = getattr(ctx.request.state, "principal", None)
+            common = {
+                "created_at": datetime.now(UTC).isoformat(),
+                "subject": principal.subject if principal else "anonymous",
+                "route": ctx.request.url.path,
+                "model_tag": MODEL_TAG,
+                "threshold": self.threshold,
+                "latency_ms": latency_ms,
+            }
+            records = [
+                Record(
+                    id=str(uuid.uuid5(request_id, str(i)) if batch else request_id),
+                    batch_id=str(request_id) if batch else None,
+                    position=i if batch else None,
+                    inputs=employee.model_dump(),
+                    probability=p,
+                    label=label(p, self.threshold),
+                    **common,
+                )
+                for i, (employee, p) in enumerate(zip(employees, probs, strict=True))
+            ]
+            overflow = self.log.submit(records)
+            if overflow:  # queue full: keep them on disk before answering
+                await anyio.to_thread.run_sync(self.log.overflow, overflow)
+        ctx.response.headers["X-Request-ID"] = str(request_id)
+        return str(request_id), probs
 
     @bentoml.api(route="/predict/attrition")
     async def predict(self, employee: Employee, /, ctx: bentoml.Context) -> Prediction:
         """Attrition risk of one employee."""
-        request_id = str(uuid.uuid4())
-        [p] = await self._score([employee])
-        ctx.response.headers["X-Request-ID"] = request_id
+        request_id, [p] = await self._infer([employee], ctx, batch=False)
         return Prediction(
             request_id=request_id,
             probability=p,
@@ -189,9 +263,7 @@ class AttritionService:
     @bentoml.api(route="/predict/attrition/batch")
     async def predict_batch(self, batch: BatchRequest, /, ctx: bentoml.Context) -> BatchPrediction:
         """Attrition risk of up to ATTRITION_MAX_BATCH_SIZE employees, in request order."""
-        request_id = str(uuid.uuid4())
-        probs = await self._score(batch.employees)
-        ctx.response.headers["X-Request-ID"] = request_id
+        request_id, probs = await self._infer(batch.employees, ctx, batch=True)
         return BatchPrediction(
             request_id=request_id,
             threshold=self.threshold,
@@ -209,11 +281,15 @@ AttritionService.add_asgi_middleware(JWTAuthMiddleware, settings=settings)
 
 @api.get("/health")
 async def health(svc: AttritionService = Depends(bentoml.get_current_service)) -> dict[str, Any]:
-    """Liveness with the served model and uptime."""
+    """Liveness with the served model, uptime and the inference log's state."""
+    logging_state = (
+        await anyio.to_thread.run_sync(svc.log.state) if svc.log is not None else {"state": "off"}
+    )
     return {
-        "status": "ok",
+        "status": "ok" if logging_state["state"] in ("ok", "off") else "degraded",
         "model_tag": MODEL_TAG,
         "uptime_seconds": round(time.monotonic() - svc.started, 1),
+        "inference_log": logging_state,
     }
 
 
@@ -275,3 +351,74 @@ def issue_token(
             )
         token = create_token(svc.settings, subject=user.username, roles=user.roles)
     return Token(access_token=token, expires_in=settings.access_token_ttl_seconds)
+
+
+class HistoryPage(BaseModel):
+    items: list[InferencePublic]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null on the last."
+    )
+
+
+def caller(request: Request) -> Any:
+    """The authenticated principal (None when auth is off in development mode)."""
+    return getattr(request.state, "principal", None)
+
+
+@api.get("/predict/history", response_model=HistoryPage)
+def history(
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    since: Annotated[
+        datetime | None, Query(description="Inclusive lower bound (ISO 8601).")
+    ] = None,
+    until: Annotated[
+        datetime | None, Query(description="Exclusive upper bound (ISO 8601).")
+    ] = None,
+    label: Annotated[Literal["Yes", "No"] | None, Query()] = None,
+    min_probability: Annotated[float | None, Query(ge=0, le=1)] = None,
+    model_tag: Annotated[str | None, Query(max_length=128)] = None,
+    subject: Annotated[str | None, Query(max_length=255, description="Admins only.")] = None,
+    svc: AttritionService = Depends(bentoml.get_current_service),
+) -> Any:
+    """Recorded predictions, newest first; `history` users see only their own."""
+    who = caller(request)
+    if who is not None and not who.is_admin:
+        if subject is not None and subject != who.subject:
+            raise HTTPException(403, "only admins may read another subject's history")
+        subject = who.subject
+    for name, value in (("since", since), ("until", until)):
+        if value is not None and value.tzinfo is None:
+            raise HTTPException(400, f"{name} needs a timezone offset, e.g. 2026-01-31T00:00:00Z")
+    with Session(svc.engine) as session:
+        try:
+            items, next_cursor = list_inferences(
+                session=session, limit=limit, cursor=cursor, subject=subject, since=since,
+                until=until, label=label, min_probability=min_probability, model_tag=model_tag,
+            )  # fmt: skip
+        except BadCursor as exc:
+            raise HTTPException(400, f"cursor: {exc}") from exc
+    return HistoryPage(
+        items=[InferencePublic.model_validate(i) for i in items], next_cursor=next_cursor
+    )
+
+
+@api.get("/predict/history/{inference_id}", response_model=InferencePublic)
+def history_item(
+    request: Request,
+    inference_id: uuid.UUID,
+    svc: AttritionService = Depends(bentoml.get_current_service),
+) -> Any:
+    """One recorded prediction; someone else's is 404 for non-admins."""
+    who = caller(request)
+    with Session(svc.engine) as session:
+        item = get_inference(session=session, inference_id=inference_id)
+    if item is None or (who is not None and not who.is_admin and item.subject != who.subject):
+        raise HTTPException(404, "no such inference")
+    return InferencePublic.model_validate(item)
+
+
+@api.exception_handler(OperationalError)
+async def database_unavailable(_: Request, exc: OperationalError) -> JSONResponse:
+    return JSONResponse({"detail": "database unavailable; try again shortly"}, status_code=503)

@@ -106,6 +106,24 @@ class Settings(BaseSettings):
     login_lockout_seconds: int = Field(300, ge=1)
     """How long a username stays locked after too many failures."""
 
+    log_enabled: bool = True
+    """Record every prediction in the inference log (may be turned off only in dev_mode)."""
+
+    log_write_method: Literal["copy", "executemany"] = "copy"
+    """How the writer inserts into PostgreSQL: COPY via a staging table, or pipelined executemany."""
+
+    log_batch_size: int = Field(1000, ge=1)
+    """Most records the writer inserts in one transaction."""
+
+    log_flush_interval_ms: int = Field(200, ge=1)
+    """Longest a record waits in the queue before the writer inserts it."""
+
+    log_queue_size: int = Field(100_000, ge=1)
+    """Records a worker may hold in memory; beyond that they are spooled before the response."""
+
+    log_retry_seconds: float = Field(2.0, gt=0)
+    """How often a degraded writer retries the database and replays its spool."""
+
     user_cache_seconds: float = Field(5.0, ge=0)
     """How long a worker trusts a user's active flag and roles before reading them again."""
 

@@ -1,6 +1,7 @@
 """Pure ASGI middleware: verify the bearer token, check the user and the route's role."""
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ from auth.tokens import TokenError, Verifier
 from auth.users import get_user
 from persistence.db import make_engine
 from settings import Settings
+
+log = logging.getLogger("attrition.auth")
 
 # (path prefix, method or None for any) -> roles that may call it; admin may call everything.
 ROUTE_ROLES: tuple[tuple[str, str | None, frozenset[str]], ...] = (
@@ -67,7 +70,13 @@ class UserDirectory:
         now = time.monotonic()
         if hit and now - hit[0] < self.ttl:
             return hit[1]
-        roles = await anyio.to_thread.run_sync(self._load, username)
+        try:
+            roles = await anyio.to_thread.run_sync(self._load, username)
+        except Exception:
+            if hit:  # the database is unreachable: the last known state beats refusing everyone
+                log.warning("user lookup failed; using cached state of %r", username)
+                return hit[1]
+            raise
         self._cache[username] = (now, roles)
         return roles
 
@@ -133,7 +142,18 @@ class JWTAuthMiddleware:
             claims = self.verifier.decode(token)
         except TokenError as exc:
             return self.unauthorized(str(exc), "invalid_token")
-        user_roles = await self.users.roles(claims.sub)
+        try:
+            user_roles = await self.users.roles(claims.sub)
+        except Exception:  # noqa: BLE001 - database down and nothing cached
+            log.exception("user lookup failed")
+            body = json.dumps(
+                {"error": "unavailable", "detail": "user directory unavailable; retry"}
+            )
+            return (
+                503,
+                [(b"content-type", b"application/json"), (b"retry-after", b"2")],
+                body.encode(),
+            )
         if user_roles is None:
             return self.unauthorized("unknown or disabled user", "invalid_token")
         # A token never grants more than the user has now, nor more than it was issued with.

@@ -5,11 +5,13 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
+import psutil
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 BENTOML = str(Path(sys.executable).with_name("bentoml"))
@@ -21,6 +23,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def private_home(shared: str | None, parent: Path) -> str:
+    """A BENTOML_HOME of this server's own that shares the model and Bento stores.
+
+    Every `bentoml serve` wipes $BENTOML_HOME/prometheus_multiproc_dir when it starts, so
+    servers sharing a home erase each other's metrics.
+    """
+    source = Path(shared or Path.home() / "bentoml").resolve()
+    home = Path(tempfile.mkdtemp(prefix="bentoml-home-", dir=parent))
+    for store in ("models", "bentos"):
+        (source / store).mkdir(parents=True, exist_ok=True)
+        (home / store).symlink_to(source / store)
+    return str(home)
+
+
 class Server:
     """A real `bentoml serve` subprocess on a free port, stopped with SIGTERM."""
 
@@ -30,6 +46,7 @@ class Server:
         self.log_path = log
         self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
         full_env = {**os.environ, "BENTOML_CONFIG": str(PROJECT_DIR / "configuration.yaml"), **env}
+        full_env["BENTOML_HOME"] = private_home(full_env.get("BENTOML_HOME"), log.parent)
         self.proc = subprocess.Popen(
             [BENTOML, "serve", target, "--port", str(self.port), "--host", "127.0.0.1"],
             cwd=PROJECT_DIR,
@@ -58,13 +75,38 @@ class Server:
         self._log.flush()
         return self.log_path.read_text(errors="replace")[-5000:]
 
+    def processes(self) -> list[psutil.Process]:
+        """The server and its workers (BentoML starts each worker in a session of its own)."""
+        try:
+            root = psutil.Process(self.proc.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def worker(self, service: str) -> psutil.Process:
+        """The worker process of one service, e.g. "AttritionService"."""
+        for p in self.processes()[1:]:
+            cmd = p.cmdline()
+            if "--service-name" in cmd and cmd[cmd.index("--service-name") + 1] == service:
+                return p
+        raise LookupError(f"no worker for {service}")
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        """Signal the server (SIGKILL: every process at once), then make sure none is left."""
+        procs = self.processes()
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
+            for p in procs if sig == signal.SIGKILL else procs[:1]:
+                try:
+                    p.send_signal(sig)
+                except psutil.NoSuchProcess:
+                    pass
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.kill()
                 self.proc.wait(10)
+        _, alive = psutil.wait_procs(procs[1:], timeout=10)
+        for p in alive:  # workers that outlived their arbiter
+            p.kill()
         self._log.close()
         return self.proc.returncode

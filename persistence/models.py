@@ -2,8 +2,10 @@
 
 import uuid
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import JSON, Column
+from sqlalchemy import JSON, Column, Index
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
 from persistence.types import UTCDateTime, utcnow
@@ -50,3 +52,37 @@ class LoginAttempt(SQLModel, table=True):
     updated_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(UTCDateTime, nullable=False)
     )
+
+
+class InferenceBase(SQLModel):
+    subject: str = Field(max_length=255, description="The token's subject.")
+    route: str = Field(max_length=128)
+    model_tag: str = Field(max_length=128)
+    batch_id: uuid.UUID | None = Field(default=None, description="Shared by the rows of one batch.")
+    position: int | None = Field(default=None, description="Row of the employee in its batch.")
+    inputs: dict[str, Any] = Field(
+        sa_column=Column(JSON().with_variant(JSONB(), "postgresql"), nullable=False)
+    )
+    probability: float
+    label: str = Field(max_length=8)
+    threshold: float
+    latency_ms: float
+
+
+class Inference(InferenceBase, table=True):
+    """One prediction: what it was made from and what it said. The id is the request id."""
+
+    __tablename__ = "inferences"
+    __table_args__ = (
+        Index("ix_inferences_created_id", "created_at", "id"),
+        Index("ix_inferences_subject_created_id", "subject", "created_at", "id"),
+        Index("ix_inferences_batch_id", "batch_id"),
+    )
+
+    id: uuid.UUID = Field(primary_key=True)
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
+class InferencePublic(InferenceBase):
+    id: uuid.UUID
+    created_at: datetime

@@ -1,0 +1,73 @@
+"""Reading the inference log: filters and keyset pagination, newest first."""
+
+import base64
+import binascii
+import json
+import uuid
+from datetime import datetime
+
+from sqlalchemy import tuple_
+from sqlmodel import Session, col, select
+
+from persistence.models import Inference
+
+
+class BadCursor(ValueError):
+    pass
+
+
+def encode_cursor(record: Inference) -> str:
+    raw = json.dumps({"t": record.created_at.isoformat(), "id": str(record.id)}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return datetime.fromisoformat(raw["t"]), uuid.UUID(raw["id"])
+    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        raise BadCursor("not a cursor from this API") from exc
+
+
+def list_inferences(
+    *,
+    session: Session,
+    limit: int,
+    cursor: str | None = None,
+    subject: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    label: str | None = None,
+    min_probability: float | None = None,
+    model_tag: str | None = None,
+) -> tuple[list[Inference], str | None]:
+    """One page, newest first, and the cursor of the next page (None on the last)."""
+    query = select(Inference)
+    if subject is not None:
+        query = query.where(Inference.subject == subject)
+    if since is not None:
+        query = query.where(col(Inference.created_at) >= since)
+    if until is not None:
+        query = query.where(col(Inference.created_at) < until)
+    if label is not None:
+        query = query.where(Inference.label == label)
+    if min_probability is not None:
+        query = query.where(col(Inference.probability) >= min_probability)
+    if model_tag is not None:
+        query = query.where(Inference.model_tag == model_tag)
+    if cursor is not None:
+        at, last_id = decode_cursor(cursor)
+        query = query.where(
+            tuple_(col(Inference.created_at), col(Inference.id)) < tuple_(at, last_id)
+        )
+    query = query.order_by(col(Inference.created_at).desc(), col(Inference.id).desc()).limit(
+        limit + 1
+    )
+    rows = list(session.exec(query))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, encode_cursor(rows[-1]) if more and rows else None
+
+
+def get_inference(*, session: Session, inference_id: uuid.UUID) -> Inference | None:
+    return session.get(Inference, inference_id)

@@ -1,0 +1,59 @@
+"""Prometheus metrics of the inference log, created once per worker (after BentoML has set up
+multiprocess collection, so they show on /metrics with BentoML's own)."""
+
+from functools import lru_cache
+from typing import Any
+
+
+class PrometheusLogMetrics:
+    def __init__(self) -> None:
+        import prometheus_client as prom  # imported late: the worker sets PROMETHEUS_MULTIPROC_DIR
+
+        self.queue_depth = prom.Gauge(
+            "attrition_inference_log_queue_depth",
+            "Records waiting in the worker's in-memory queue",
+            multiprocess_mode="livesum",
+        )
+        self.spool_records = prom.Gauge(
+            "attrition_inference_log_spool_records",
+            "Records waiting in the worker's spool file for the database",
+            multiprocess_mode="livesum",
+        )
+        self.written_total = prom.Counter(
+            "attrition_inference_log_written", "Records written to the database (incl. replays)"
+        )
+        self.failed_total = prom.Counter(
+            "attrition_inference_log_failed", "Records whose database write failed (then spooled)"
+        )
+        self.spooled_total = prom.Counter(
+            "attrition_inference_log_spooled", "Records appended to a spool file"
+        )
+
+    def observe(self, *, queue_depth: int, spool_records: int) -> None:
+        self.queue_depth.set(queue_depth)
+        self.spool_records.set(spool_records)
+
+    def written(self, n: int) -> None:
+        self.written_total.inc(n)
+
+    def failed(self, n: int) -> None:
+        self.failed_total.inc(n)
+
+    def spooled(self, n: int) -> None:
+        self.spooled_total.inc(n)
+
+
+@lru_cache
+def log_metrics() -> PrometheusLogMetrics:
+    return PrometheusLogMetrics()
+
+
+@lru_cache
+def rejected_counter() -> Any:
+    import prometheus_client as prom
+
+    return prom.Counter(
+        "attrition_rejected_requests",
+        "Prediction requests refused before inference, by reason",
+        ["reason"],
+    )
