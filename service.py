@@ -1,11 +1,13 @@
 """The attrition risk service: a model runner with adaptive batching behind an HTTP entry service."""
 
 import json
+import logging
 import time
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
+import aiohttp
 import anyio
 import bentoml
 import numpy as np
@@ -28,6 +30,7 @@ from settings import get_settings
 from training.schema import FEATURES, Employee
 
 settings = get_settings()
+logger = logging.getLogger("attrition.service")
 # Resolve "name:latest" once, so the runner and the entry service serve the same version.
 MODEL_TAG = str(bentoml.models.get(settings.model_tag).tag)
 
@@ -212,13 +215,27 @@ class AttritionService:
             self.log.close()  # flush: write or spool everything queued before the worker exits
         self.engine.dispose()
 
+    async def _score(self, employees: list[Employee]) -> list[float]:
+        """Call the runner, retrying once when its connection was closed under the request.
+
+        BentoML 1.4.40's runner (uvicorn) closes idle keep-alive connections after 5 s while the
+        entry service's client keeps them for 15 s, so a request can be written to a connection
+        just as it closes (broken pipe / server disconnected). Scoring is pure: a retry is safe.
+        """
+        try:
+            result = await self.model.to_async.predict_proba(employees)
+        except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
+            logger.info("runner connection closed under the request (%s); retrying once", exc)
+            result = await self.model.to_async.predict_proba(employees)
+        return [float(p) for p in result]
+
     async def _infer(
         self, employees: list[Employee], ctx: bentoml.Context, *, batch: bool
     ) -> tuple[str, list[float]]:
         """The one path every prediction takes: score, then hand one record per row to the log."""
         started = time.perf_counter()
         request_id = uuid.uuid4()
-        probs = [float(p) for p in await self.model.to_async.predict_proba(employees)]
+        probs = await self._score(employees)
         latency_ms = (time.perf_counter() - started) * 1000
         if self.log is not None:
             principal = getattr(ctx.request.state, "principal", None)

@@ -43,16 +43,60 @@ SCENARIOS = {
             {"ATTRITION_DEV_MODE": "true", "ATTRITION_AUTH_ENABLED": "false"},
             auth=False,
         ),
+        Scenario(
+            "nolog",
+            "same, inference log off (dev mode)",
+            {"ATTRITION_DEV_MODE": "true", "ATTRITION_LOG_ENABLED": "false"},
+        ),
     ]
 }
 
 
-def write_bodies(path: Path) -> None:
+def write_bodies(path: Path, batch: int = 0) -> None:
+    """One request body per line: single employees, or batches of `batch` employees."""
     from training.data import load_reference
     from training.schema import FEATURES
 
     rows = load_reference()[list(FEATURES)].to_dict("records")
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    if not batch:
+        path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+        return
+    bodies = [
+        json.dumps({"employees": [rows[(start + i) % len(rows)] for i in range(batch)]})
+        for start in range(0, len(rows), 97)
+    ]
+    path.write_text("\n".join(bodies) + "\n")
+
+
+def inference_rows(url: str | None) -> int:
+    if not url:
+        return 0
+    import psycopg
+
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+        return int(conn.execute("SELECT count(*) FROM inferences").fetchone()[0])
+
+
+def batch_throughput(
+    server: Server, bodies: Path, token: str, url: str | None, seconds: int
+) -> dict[str, float]:
+    """Employees/s through the batch route, and rows/s the log sustains into the database."""
+    before = inference_rows(url)
+    started = time.monotonic()
+    r = wrk(server.url, "/predict/attrition/batch", bodies, token, 4, seconds)
+    employees = (r["requests"] - r["non2xx"]) * 1000
+    target = before + employees
+    while url and inference_rows(url) < target and time.monotonic() - started < seconds + 120:
+        time.sleep(0.2)
+    drained = time.monotonic() - started
+    written = inference_rows(url) - before
+    return {
+        **r,
+        "employees_per_s": employees / r["seconds"],
+        "log_rows": written,
+        "log_rows_per_s": written / drained,
+        "lag_s": drained - r["seconds"],
+    }
 
 
 def mint_token(env: dict[str, str]) -> str:
@@ -123,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=int, default=15, help="seconds per measurement")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--database-url", default=os.environ.get("ATTRITION_DATABASE_URL"))
+    parser.add_argument(
+        "--batch-seconds", type=int, default=0, help="also load the batch route (full only)"
+    )
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print(
@@ -133,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="attrition-bench-"))
     bodies = work / "bodies.jsonl"
     write_bodies(bodies)
+    batch_bodies = work / "batches.jsonl"
+    write_bodies(batch_bodies, batch=1000)
+    batch_rows: list[tuple[str, dict[str, float]]] = []
     levels = [int(c) for c in args.concurrency.split(",")]
     rows: list[tuple[str, int, dict[str, float]]] = []
     for name in args.scenarios.split(","):
@@ -149,9 +199,15 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append((name, c, result))
                 print(f"{name:>8} c={c:<3} {result}", file=sys.stderr, flush=True)
                 time.sleep(1)
+            if args.batch_seconds and name == "full":
+                b = batch_throughput(
+                    server, batch_bodies, token, args.database_url, args.batch_seconds
+                )
+                batch_rows.append((name, b))
+                print(f"{name:>8} batch {b}", file=sys.stderr, flush=True)
         finally:
             server.stop()
-    table = render(rows, args)
+    table = render(rows, args) + render_batch(batch_rows)
     print(table)
     REPORTS.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -170,6 +226,25 @@ def render(rows: list[tuple[str, int, dict[str, float]]], args: argparse.Namespa
         lines.append(
             f"| {name} | {c} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
             f"| {r['non2xx']:.0f} | {r['socket_errors']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def render_batch(rows: list[tuple[str, dict[str, float]]]) -> str:
+    if not rows:
+        return ""
+    lines = [
+        "",
+        "",
+        "Batch route, 1,000 employees per request, 4 clients:",
+        "",
+        "| scenario | requests/s | employees/s | p50 ms | p99 ms | non-2xx | log rows written | log rows/s (until caught up) | log lag after load s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, r in rows:
+        lines.append(
+            f"| {name} | {r['rps']:.1f} | {r['employees_per_s']:.0f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} "
+            f"| {r['non2xx']:.0f} | {r['log_rows']:.0f} | {r['log_rows_per_s']:.0f} | {r['lag_s']:.1f} |"
         )
     return "\n".join(lines)
 

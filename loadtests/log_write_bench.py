@@ -1,0 +1,62 @@
+"""Rows/s of the inference-log writer into PostgreSQL: COPY via staging table vs pipelined executemany.
+
+python -m loadtests.log_write_bench --rows 50000 --batch 1000
+"""
+
+import argparse
+import time
+import uuid
+from datetime import UTC, datetime
+
+import psycopg
+
+from persistence.db import upgrade
+from persistence.inference_log import PostgresSink, Record
+from training.data import load_reference
+from training.schema import FEATURES
+
+ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def records(n: int) -> list[Record]:
+    rows = load_reference()[list(FEATURES)].to_dict("records")
+    now = datetime.now(UTC).isoformat()
+    batch = str(uuid.uuid4())
+    return [
+        Record(str(uuid.uuid4()), now, "bench", "/predict/attrition/batch", "attrition:bench", batch,
+               i, rows[i % len(rows)], 0.25, "No", 0.35, 12.5)
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=50_000)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    name = f"attrition_logbench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(ADMIN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    try:
+        upgrade(url)
+        print(f"{args.rows} rows in batches of {args.batch}, one connection, fresh table")
+        for round_ in range(args.rounds):
+            for method in ("copy", "executemany"):
+                data = records(args.rows)
+                sink = PostgresSink(url, method=method)
+                sink.write(data[:10])  # connect and warm up outside the timing
+                started = time.perf_counter()
+                for i in range(10, len(data), args.batch):
+                    sink.write(data[i : i + args.batch])
+                seconds = time.perf_counter() - started
+                sink.close()
+                print(f"round {round_ + 1} {method:<12} {(len(data) - 10) / seconds:>9.0f} rows/s")
+    finally:
+        with psycopg.connect(ADMIN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+if __name__ == "__main__":
+    main()
