@@ -58,6 +58,15 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     """Largest request body accepted, in bytes; larger bodies get 413."""
 
+    runner_backend: Literal["auto", "onnx", "sklearn"] = "auto"
+    """How the runner scores: ONNX Runtime when the model carries a verified export (auto), or sklearn."""
+
+    runner_batching: bool = True
+    """Adaptive batching in the runner; off = every request is scored on its own (for comparison)."""
+
+    entry_batch_lanes: int = Field(2, ge=1, le=64)
+    """Runner calls an entry worker keeps in flight; requests arriving meanwhile are sent together."""
+
     runner_max_batch_size: int = Field(1000, ge=2)
     """Most employees the runner scores in one adaptive batch."""
 

@@ -38,6 +38,16 @@ SCENARIOS = {
     for s in [
         Scenario("full", "full service: auth, adaptive batching"),
         Scenario(
+            "nobatch",
+            "same, adaptive batching off",
+            {"ATTRITION_RUNNER_BATCHING": "false"},
+        ),
+        Scenario(
+            "noop",
+            "no-op endpoint, same BentoML setup, auth and validation (the ceiling)",
+            target="loadtests.noop_service:NoopService",
+        ),
+        Scenario(
             "noauth",
             "same, auth middleware off (dev mode)",
             {"ATTRITION_DEV_MODE": "true", "ATTRITION_AUTH_ENABLED": "false"},

@@ -16,17 +16,11 @@ def preprocessor() -> ColumnTransformer:
     return ColumnTransformer(
         [
             ("numeric", StandardScaler(), list(NUMERIC)),
+            # Ranks 0..4 are already on a unit-ish scale; scaling them too would make the ONNX
+            # export compute them in float32 (its Scaler op), off from sklearn by ~1e-8.
             (
                 "ordinal",
-                Pipeline(
-                    [
-                        (
-                            "rank",
-                            OrdinalEncoder(categories=[list(categories(c) or ()) for c in ORDINAL]),
-                        ),
-                        ("scale", StandardScaler()),
-                    ]
-                ),
+                OrdinalEncoder(categories=[list(categories(c) or ()) for c in ORDINAL]),
                 list(ORDINAL),
             ),
             (

@@ -24,6 +24,7 @@ from sklearn.model_selection import RepeatedStratifiedKFold, train_test_split
 from sklearn.pipeline import Pipeline
 
 from training.data import split_xy
+from training.onnx_export import export
 from training.pipeline import FAMILIES, build_pipeline
 from training.schema import FEATURES
 
@@ -52,6 +53,7 @@ class TrainingResult:
     cv: list[CVResult]
     test: dict[str, Any]
     metadata: dict[str, Any] = field(default_factory=dict)
+    onnx: bytes | None = None
 
 
 def scores_at(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
@@ -146,7 +148,13 @@ def train(
         "trained_at": datetime.now(UTC).isoformat(),
         "training_seconds": round(time.perf_counter() - started, 2),
     }
-    return TrainingResult(pipeline, best.family, threshold, cv, test, metadata)
+    onnx = export(pipeline, x)  # checked against sklearn on every row of the data
+    metadata["onnx"] = {
+        "included": onnx.model is not None,
+        "max_abs_diff": onnx.max_abs_diff,
+        "note": onnx.note,
+    }
+    return TrainingResult(pipeline, best.family, threshold, cv, test, metadata, onnx.model)
 
 
 def save(result: TrainingResult) -> str:
@@ -160,6 +168,7 @@ def save(result: TrainingResult) -> str:
         labels=labels,
         metadata=result.metadata,
         signatures={"predict_proba": {"batchable": True}},
+        custom_objects={"onnx": result.onnx} if result.onnx else None,
     )
     return str(model.tag)
 
@@ -182,6 +191,7 @@ def summary(result: TrainingResult) -> str:
         f"PR-AUC {t['pr_auc']:.3f}  F1 {t['f1']:.3f}  precision {t['precision']:.3f}  "
         f"recall {t['recall']:.3f}  Brier {t['brier']:.3f}",
         f"Confusion matrix [[TN, FP], [FN, TP]]: {t['confusion_matrix']}",
+        f"ONNX export: {result.metadata['onnx']['note']}",
         f"Data sha256: {result.metadata['data_sha256']}",
     ]
     return "\n".join(lines)

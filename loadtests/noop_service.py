@@ -1,0 +1,29 @@
+"""The framework's ceiling for the benchmark: the same BentoML setup, middlewares and input
+validation as the real entry service, but no model call and no inference log."""
+
+import bentoml
+
+from auth.middleware import JWTAuthMiddleware
+from service import Prediction, RequestGuard, freeze_heap, settings
+from training.schema import Employee
+
+
+@bentoml.service(name="AttritionService", http={"port": 3000})
+class NoopService:
+    def __init__(self) -> None:
+        freeze_heap()  # the same process tuning as the real service
+
+    @bentoml.api(route="/predict/attrition")
+    async def predict(self, employee: Employee, /) -> Prediction:
+        """Validate and answer a constant."""
+        return Prediction(
+            request_id="00000000-0000-0000-0000-000000000000",
+            probability=0.5,
+            label="Yes",
+            threshold=0.35,
+            model_tag="noop",
+        )
+
+
+NoopService.add_asgi_middleware(RequestGuard, max_bytes=settings.max_body_bytes)
+NoopService.add_asgi_middleware(JWTAuthMiddleware, settings=settings)
