@@ -26,7 +26,7 @@ from auth.users import LockedOut, authenticate
 from persistence.db import make_engine, upgrade
 from persistence.history import BadCursor, get_inference, list_inferences
 from persistence.inference_log import InferenceLog, Record, Spool, make_sink
-from persistence.metrics import log_metrics, rejected_counter
+from persistence.metrics import log_metrics, rejected_counter, runner_batch_histogram
 from persistence.models import InferencePublic
 from settings import get_settings
 from training.onnx_export import feeds_from_rows
@@ -149,6 +149,7 @@ class AttritionModel:
             else None
         )
         logger.info("runner scores with %s", "ONNX Runtime" if self.onnx else "scikit-learn")
+        self.batch_sizes = runner_batch_histogram()
         freeze_heap()
 
     @bentoml.api(
@@ -162,6 +163,7 @@ class AttritionModel:
         Async on purpose: ONNX Runtime scores a batch in well under a millisecond, less than the
         hop to a worker thread that BentoML makes for a sync API.
         """
+        self.batch_sizes.observe(len(employees))
         rows = [e.model_dump() for e in employees]
         if self.onnx is not None:
             return self.onnx.run(["probabilities"], feeds_from_rows(rows))[0][:, 1]

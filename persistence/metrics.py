@@ -57,3 +57,14 @@ def rejected_counter() -> Any:
         "Prediction requests refused before inference, by reason",
         ["reason"],
     )
+
+
+@lru_cache
+def runner_batch_histogram() -> Any:
+    import prometheus_client as prom
+
+    return prom.Histogram(
+        "attrition_runner_batch_employees",
+        "Employees scored together in one runner batch",
+        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+    )

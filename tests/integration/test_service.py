@@ -63,16 +63,14 @@ def test_batch_of_the_maximum_size_keeps_order(
 
 
 def batch_histogram(metrics: str) -> tuple[float, float]:
-    """(batches of size 1, all batches) from the runner's adaptive batch size histogram."""
+    """(batches of one employee, all batches) from the runner's batch size histogram."""
     ones = total = 0.0
     for line in metrics.splitlines():
-        if not line.startswith("bentoml_service_adaptive_batch_size_"):
-            continue
-        value = float(line.rsplit(" ", 1)[1])
-        if line.startswith("bentoml_service_adaptive_batch_size_bucket") and 'le="1.0"' in line:
-            ones += value
-        elif line.startswith("bentoml_service_adaptive_batch_size_count"):
-            total += value
+        value = line.rsplit(" ", 1)[-1]
+        if line.startswith('attrition_runner_batch_employees_bucket{le="1.0"}'):
+            ones += float(value)
+        elif line.startswith("attrition_runner_batch_employees_count"):
+            total += float(value)
     return ones, total
 
 
