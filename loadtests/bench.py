@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from loadtests.harness import PROJECT_DIR, Server
+from loadtests.harness import PROJECT_DIR, Server, temporary_database
 
 SECRET = "bench-secret-" + "b" * 40
 LUA = PROJECT_DIR / "loadtests" / "wrk" / "predict.lua"
@@ -46,6 +46,16 @@ SCENARIOS = {
             "noop",
             "no-op endpoint, same BentoML setup, auth and validation (the ceiling)",
             target="loadtests.noop_service:NoopService",
+        ),
+        Scenario(
+            "full-sklearn",
+            "full service scoring with scikit-learn instead of ONNX Runtime",
+            {"ATTRITION_RUNNER_BACKEND": "sklearn"},
+        ),
+        Scenario(
+            "nobatch-sklearn",
+            "scikit-learn, batching off",
+            {"ATTRITION_RUNNER_BACKEND": "sklearn", "ATTRITION_RUNNER_BATCHING": "false"},
         ),
         Scenario(
             "noauth",
@@ -172,11 +182,13 @@ def wrk(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtests.bench", description=__doc__)
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument(
+        "--scenarios", default="full,nobatch,noop", help=f"from {', '.join(SCENARIOS)}"
+    )
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--duration", type=int, default=15, help="seconds per measurement")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--database-url", default=os.environ.get("ATTRITION_DATABASE_URL"))
+    parser.add_argument("--database-url", help="default: a fresh PostgreSQL database for the run")
     parser.add_argument(
         "--batch-seconds", type=int, default=0, help="also load the batch route (full only)"
     )
@@ -186,7 +198,15 @@ def main(argv: list[str] | None = None) -> int:
             "wrk is not installed (Debian package 'wrk'; `make bench` installs it)", file=sys.stderr
         )
         return 2
+    if args.database_url is None:
+        with temporary_database("attrition_bench") as url:
+            args.database_url = url
+            return run(args)
+    return run(args)
 
+
+def run(args: argparse.Namespace) -> int:
+    """Every scenario's server in turn, measured with the same wrk settings."""
     work = Path(tempfile.mkdtemp(prefix="attrition-bench-"))
     bodies = work / "bodies.jsonl"
     write_bodies(bodies)
