@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from loadtests.harness import PROJECT_DIR, Server, temporary_database
+from loadtests.harness import PROJECT_DIR, Server, inference_rows, temporary_database
 
 SECRET = "bench-secret-" + "b" * 40
 LUA = PROJECT_DIR / "loadtests" / "wrk" / "predict.lua"
@@ -88,17 +88,8 @@ def write_bodies(path: Path, batch: int = 0) -> None:
     path.write_text("\n".join(bodies) + "\n")
 
 
-def inference_rows(url: str | None) -> int:
-    if not url:
-        return 0
-    import psycopg
-
-    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn:
-        return int(conn.execute("SELECT count(*) FROM inferences").fetchone()[0])
-
-
 def batch_throughput(
-    server: Server, bodies: Path, token: str, url: str | None, seconds: int
+    server: Server, bodies: Path, token: str, url: str, seconds: int
 ) -> dict[str, float]:
     """Employees/s through the batch route, and rows/s the log sustains into the database."""
     before = inference_rows(url)
@@ -106,7 +97,7 @@ def batch_throughput(
     r = wrk(server.url, "/predict/attrition/batch", bodies, token, 4, seconds)
     employees = (r["requests"] - r["non2xx"]) * 1000
     target = before + employees
-    while url and inference_rows(url) < target and time.monotonic() - started < seconds + 120:
+    while inference_rows(url) < target and time.monotonic() - started < seconds + 120:
         time.sleep(0.2)
     drained = time.monotonic() - started
     written = inference_rows(url) - before

@@ -43,6 +43,15 @@ def temporary_database(prefix: str = "attrition_tmp") -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def inference_rows(url: str) -> int:
+    """Rows in the inference log of a PostgreSQL database."""
+    import psycopg
+
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+        row = conn.execute("SELECT count(*) FROM inferences").fetchone()
+        return int(row[0]) if row else 0
+
+
 def private_home(shared: str | None, parent: Path) -> str:
     """A BENTOML_HOME of this server's own that shares the model and Bento stores.
 
