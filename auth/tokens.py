@@ -1,6 +1,8 @@
 """JWT minting and verification, strict per RFC 8725: one algorithm, required claims, iss/aud."""
 
+import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -61,12 +63,30 @@ def create_token(
 class Verifier:
     """Decodes bearer tokens for one settings object; the key is read once."""
 
+    CACHE_SIZE = 10_000
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.key = verification_key(settings)
         self.algorithms = [settings.jwt_algorithm]  # an allowlist of one; never the header's choice
+        # Clients reuse a token for many calls; verifying its signature once per worker is enough.
+        # Only time can invalidate a verified token, so a hit re-checks expiry.
+        self._verified: OrderedDict[str, Claims] = OrderedDict()
 
     def decode(self, token: str) -> Claims:
+        claims = self._verified.get(token)
+        if claims is not None:
+            if time.time() > claims.raw["exp"] + self.settings.jwt_leeway_seconds:
+                del self._verified[token]
+                raise TokenError("token has expired")
+            return claims
+        claims = self._decode(token)
+        self._verified[token] = claims
+        if len(self._verified) > self.CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return claims
+
+    def _decode(self, token: str) -> Claims:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:

@@ -103,3 +103,15 @@ def test_leeway_tolerates_small_clock_skew() -> None:
     expired = jwt.encode({**base, "iat": now - 100, "exp": now - 60}, SECRET, "HS256")
     with pytest.raises(TokenError, match="expired"):
         Verifier(settings).decode(expired)
+
+
+def test_a_cached_token_still_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings(jwt_secret=SECRET, jwt_leeway_seconds=0).secured()
+    verifier = Verifier(settings)
+    token = create_token(settings, subject="amy", roles=["predict"], ttl_seconds=60)
+    assert verifier.decode(token).sub == "amy"
+    assert verifier.decode(token).sub == "amy"  # served from the cache
+    later = time.time() + 120
+    monkeypatch.setattr(time, "time", lambda: later)
+    with pytest.raises(TokenError, match="expired"):
+        verifier.decode(token)
