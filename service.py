@@ -76,7 +76,8 @@ class Coalescer:
     async def _drain(self) -> None:
         try:
             while self.pending:
-                group, size = [], 0
+                group: list[tuple[list[Any], asyncio.Future[list[float]]]] = []
+                size = 0
                 while self.pending and (
                     not group or size + len(self.pending[0][0]) <= self.max_items
                 ):
@@ -256,7 +257,7 @@ class RequestGuard:
 
 # BentoML works out a root-typed output's media type by building its JSON schema on every
 # response (10% of the runner's CPU under load); naming it skips that.
-AttritionModel.apis["predict_proba"].output_spec.media_type = "application/json"
+AttritionModel.apis["predict_proba"].output_spec.media_type = "application/json"  # type: ignore[attr-defined]
 
 api = FastAPI(title="Attrition service: status and auth", docs_url=None, redoc_url=None)
 
@@ -335,23 +336,23 @@ class AttritionService:
         latency_ms = (time.perf_counter() - started) * 1000
         if self.log is not None:
             principal = getattr(ctx.request.state, "principal", None)
-            common = {
-                "created_at": datetime.now(UTC).isoformat(),
-                "subject": principal.subject if principal else "anonymous",
-                "route": ctx.request.url.path,
-                "model_tag": MODEL_TAG,
-                "threshold": self.threshold,
-                "latency_ms": latency_ms,
-            }
+            created_at = datetime.now(UTC).isoformat()
+            subject = principal.subject if principal else "anonymous"
+            route = ctx.request.url.path
             records = [
                 Record(
                     id=str(uuid.uuid5(request_id, str(i)) if batch else request_id),
+                    created_at=created_at,
+                    subject=subject,
+                    route=route,
+                    model_tag=MODEL_TAG,
                     batch_id=str(request_id) if batch else None,
                     position=i if batch else None,
                     inputs=employee.model_dump(),
                     probability=p,
                     label=label(p, self.threshold),
-                    **common,
+                    threshold=self.threshold,
+                    latency_ms=latency_ms,
                 )
                 for i, (employee, p) in enumerate(zip(employees, probs, strict=True))
             ]
@@ -388,8 +389,9 @@ class AttritionService:
         )
 
 
-AttritionService.add_asgi_middleware(RequestGuard, max_bytes=settings.max_body_bytes)
-AttritionService.add_asgi_middleware(JWTAuthMiddleware, settings=settings)
+# The decorators turned the classes into bentoml Service objects, which mypy cannot see.
+AttritionService.add_asgi_middleware(RequestGuard, max_bytes=settings.max_body_bytes)  # type: ignore[attr-defined]
+AttritionService.add_asgi_middleware(JWTAuthMiddleware, settings=settings)  # type: ignore[attr-defined]
 
 
 @api.get("/health")

@@ -73,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 print(f"{user.username} is now {'active' if user.is_active else 'disabled'}")
             elif args.command == "token":
-                user = get_user(session=session, username=args.name)
-                if user is None or not user.is_active:
+                found = get_user(session=session, username=args.name)
+                if found is None or not found.is_active:
                     raise UserError(f"no active user {args.name!r}")
                 print(
                     create_token(

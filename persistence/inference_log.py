@@ -224,10 +224,7 @@ class Spool:
         total = self.count
         for path in self.directory.glob("spool-*.jsonl"):
             if path != self.path:
-                with open(path, "rb") as f:
-                    total += sum(
-                        chunk.count(b"\n") for chunk in iter(lambda f=f: f.read(1 << 16), b"")
-                    )
+                total += count_lines(path)
         return total
 
     def close(self) -> None:
@@ -236,6 +233,14 @@ class Spool:
             self.file.close()
             if empty:
                 self.path.unlink(missing_ok=True)
+
+
+def count_lines(path: Path) -> int:
+    count = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 16):
+            count += chunk.count(b"\n")
+    return count
 
 
 def parse(lines: list[bytes], path: Path) -> Iterator[Record]:

@@ -1,13 +1,8 @@
 """The employee feature contract shared by training and serving."""
 
-from typing import Annotated, Any, Literal, get_args
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator
-
-
-def _int(lo: int, hi: int, description: str, example: int) -> Any:
-    """A strict integer field: no strings, no floats, no NaN/Infinity, bounded."""
-    return Annotated[StrictInt, Field(ge=lo, le=hi, description=description, examples=[example])]
 
 
 def _cat(description: str, example: str) -> Any:
@@ -59,42 +54,68 @@ class Employee(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    Age: _int(14, 100, "Age in years.", 41)
+    Age: StrictInt = Field(ge=14, le=100, description="Age in years.", examples=[41])
     BusinessTravel: BusinessTravelValue = _cat("How often the employee travels.", "Travel_Rarely")
-    DailyRate: _int(0, 100_000, "Daily rate of pay.", 1102)
+    DailyRate: StrictInt = Field(
+        ge=0, le=100_000, description="Daily rate of pay.", examples=[1102]
+    )
     Department: DepartmentValue = _cat("Department.", "Sales")
-    DistanceFromHome: _int(0, 1_000, "Distance from home to work (miles).", 1)
+    DistanceFromHome: StrictInt = Field(
+        ge=0, le=1_000, description="Distance from home to work (miles).", examples=[1]
+    )
     Education: EducationValue = _cat("Highest education level (ordered).", "College")
     EducationField: EducationFieldValue = _cat("Field of education.", "Life_Sciences")
     EnvironmentSatisfaction: SatisfactionValue = _cat(
         "Satisfaction with the work environment (ordered).", "Medium"
     )
     Gender: GenderValue = _cat("Gender.", "Female")
-    HourlyRate: _int(0, 10_000, "Hourly rate of pay.", 94)
+    HourlyRate: StrictInt = Field(ge=0, le=10_000, description="Hourly rate of pay.", examples=[94])
     JobInvolvement: SatisfactionValue = _cat("Job involvement (ordered).", "High")
-    JobLevel: _int(1, 5, "Job level, 1 (entry) to 5.", 2)
+    JobLevel: StrictInt = Field(ge=1, le=5, description="Job level, 1 (entry) to 5.", examples=[2])
     JobRole: JobRoleValue = _cat("Job role.", "Sales_Executive")
     JobSatisfaction: SatisfactionValue = _cat("Job satisfaction (ordered).", "Very_High")
     MaritalStatus: MaritalStatusValue = _cat("Marital status.", "Single")
-    MonthlyIncome: _int(0, 10_000_000, "Monthly income.", 5993)
-    MonthlyRate: _int(0, 10_000_000, "Monthly rate of pay.", 19479)
-    NumCompaniesWorked: _int(0, 60, "Number of companies worked at before.", 8)
+    MonthlyIncome: StrictInt = Field(
+        ge=0, le=10_000_000, description="Monthly income.", examples=[5993]
+    )
+    MonthlyRate: StrictInt = Field(
+        ge=0, le=10_000_000, description="Monthly rate of pay.", examples=[19479]
+    )
+    NumCompaniesWorked: StrictInt = Field(
+        ge=0, le=60, description="Number of companies worked at before.", examples=[8]
+    )
     OverTime: YesNoValue = _cat("Whether the employee works overtime.", "Yes")
-    PercentSalaryHike: _int(0, 1_000, "Last salary increase, percent.", 11)
+    PercentSalaryHike: StrictInt = Field(
+        ge=0, le=1_000, description="Last salary increase, percent.", examples=[11]
+    )
     PerformanceRating: PerformanceRatingValue = _cat(
         "Last performance rating (ordered).", "Excellent"
     )
     RelationshipSatisfaction: SatisfactionValue = _cat(
         "Satisfaction with work relationships (ordered).", "Low"
     )
-    StockOptionLevel: _int(0, 3, "Stock option level, 0 to 3.", 0)
-    TotalWorkingYears: _int(0, 86, "Total years of work experience.", 8)
-    TrainingTimesLastYear: _int(0, 366, "Trainings attended last year.", 0)
+    StockOptionLevel: StrictInt = Field(
+        ge=0, le=3, description="Stock option level, 0 to 3.", examples=[0]
+    )
+    TotalWorkingYears: StrictInt = Field(
+        ge=0, le=86, description="Total years of work experience.", examples=[8]
+    )
+    TrainingTimesLastYear: StrictInt = Field(
+        ge=0, le=366, description="Trainings attended last year.", examples=[0]
+    )
     WorkLifeBalance: WorkLifeBalanceValue = _cat("Work-life balance (ordered).", "Bad")
-    YearsAtCompany: _int(0, 86, "Years at this company.", 6)
-    YearsInCurrentRole: _int(0, 86, "Years in the current role.", 4)
-    YearsSinceLastPromotion: _int(0, 86, "Years since the last promotion.", 0)
-    YearsWithCurrManager: _int(0, 86, "Years with the current manager.", 5)
+    YearsAtCompany: StrictInt = Field(
+        ge=0, le=86, description="Years at this company.", examples=[6]
+    )
+    YearsInCurrentRole: StrictInt = Field(
+        ge=0, le=86, description="Years in the current role.", examples=[4]
+    )
+    YearsSinceLastPromotion: StrictInt = Field(
+        ge=0, le=86, description="Years since the last promotion.", examples=[0]
+    )
+    YearsWithCurrManager: StrictInt = Field(
+        ge=0, le=86, description="Years with the current manager.", examples=[5]
+    )
 
     @field_validator(
         "TotalWorkingYears",

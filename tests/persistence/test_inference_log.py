@@ -30,13 +30,6 @@ def record(i: int) -> Record:
     )
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, postgres: PostgresDatabases, tmp_path: Path) -> str:
-    url = database_url(request.param, postgres, tmp_path)
-    upgrade(url)
-    return url
-
-
 def count(url: str) -> int:
     from sqlalchemy import text
 

@@ -1,7 +1,5 @@
 """Migrations build the schema on SQLite and PostgreSQL and match the SQLModel tables."""
 
-from pathlib import Path
-
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -11,14 +9,6 @@ from sqlmodel import Session, SQLModel
 from auth.users import LockedOut, authenticate, create_user, set_active
 from persistence.db import current_revision, make_engine, upgrade
 from persistence.models import UserCreate
-from tests.conftest import PostgresDatabases, database_url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, postgres: PostgresDatabases, tmp_path: Path) -> str:
-    url = database_url(request.param, postgres, tmp_path)
-    upgrade(url)
-    return url
 
 
 def test_upgrade_is_idempotent_and_at_head(url: str) -> None:

@@ -1,0 +1,15 @@
+"""A migrated database on each backend, fresh for every test."""
+
+from pathlib import Path
+
+import pytest
+
+from persistence.db import upgrade
+from tests.conftest import PostgresDatabases, database_url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, postgres: PostgresDatabases, tmp_path: Path) -> str:
+    url = database_url(request.param, postgres, tmp_path)
+    upgrade(url)
+    return url
