@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                     raise UserError(f"no active user {args.name!r}")
                 print(
                     create_token(
-                        settings, subject=user.username, roles=user.roles, ttl_seconds=args.ttl
+                        settings, subject=found.username, roles=found.roles, ttl_seconds=args.ttl
                     )
                 )
     except (UserError, ValidationError) as exc:

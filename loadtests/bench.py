@@ -111,34 +111,35 @@ def batch_throughput(
 
 
 def mint_token(env: dict[str, str]) -> str:
-    """Create the bench user in the scenario's database and mint a token for it."""
-    out = subprocess.run(
-        [sys.executable, "-m", "auth", "token", "bench", "--ttl", "2h"],
-        env={**os.environ, **env},
-        cwd=PROJECT_DIR,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if out.returncode != 0:
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "auth",
-                "create-user",
-                "bench",
-                "--role",
-                "admin",
-                "--password-stdin",
-            ],
-            env={**os.environ, **env},
+    """Create the bench user in the scenario's database (once) and mint a token for it."""
+    full_env = {**os.environ, **env}
+
+    def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "auth", *args],
+            env=full_env,
             cwd=PROJECT_DIR,
-            input=b"bench-password-123\n",
-            check=True,
+            input=stdin,
             capture_output=True,
+            text=True,
+            check=False,
         )
-        return mint_token(env)
+
+    out = cli("token", "bench", "--ttl", "2h")
+    if out.returncode != 0:
+        made = cli(
+            "create-user",
+            "bench",
+            "--role",
+            "admin",
+            "--password-stdin",
+            stdin="bench-password-123\n",
+        )
+        if made.returncode != 0:
+            raise RuntimeError(f"cannot create the bench user: {made.stderr[-1500:]}")
+        out = cli("token", "bench", "--ttl", "2h")
+    if out.returncode != 0:
+        raise RuntimeError(f"cannot mint a bench token: {out.stderr[-1500:]}")
     return out.stdout.strip().splitlines()[-1]
 
 
