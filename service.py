@@ -61,6 +61,7 @@ class Coalescer:
         self.max_items = max_items
         self.lanes = lanes
         self.busy = 0
+        self.tasks: set[asyncio.Task[None]] = set()
         self.pending: list[tuple[list[Any], asyncio.Future[list[float]]]] = []
 
     async def score(self, items: list[Any]) -> list[float]:
@@ -70,7 +71,9 @@ class Coalescer:
         self.pending.append((items, future))
         if self.busy < self.lanes:
             self.busy += 1
-            asyncio.create_task(self._drain())
+            task = asyncio.create_task(self._drain())
+            self.tasks.add(task)  # the loop keeps only weak references to tasks
+            task.add_done_callback(self.tasks.discard)
         return await future
 
     async def _drain(self) -> None:
