@@ -6,6 +6,7 @@ import json
 import logging
 import time
 import uuid
+from collections import deque
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -62,7 +63,7 @@ class Coalescer:
         self.lanes = lanes
         self.busy = 0
         self.tasks: set[asyncio.Task[None]] = set()
-        self.pending: list[tuple[list[Any], asyncio.Future[list[float]]]] = []
+        self.pending: deque[tuple[list[Any], asyncio.Future[list[float]]]] = deque()
 
     async def score(self, items: list[Any]) -> list[float]:
         if len(items) >= self.max_items:  # a large batch request goes on its own
@@ -84,7 +85,7 @@ class Coalescer:
                 while self.pending and (
                     not group or size + len(self.pending[0][0]) <= self.max_items
                 ):
-                    items, future = self.pending.pop(0)
+                    items, future = self.pending.popleft()
                     group.append((items, future))
                     size += len(items)
                 try:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from loadtests.harness import PROJECT_DIR, Server, inference_rows, temporary_database
+from loadtests.harness import PROJECT_DIR, Server, auth_cli, inference_rows, temporary_database
 
 SECRET = "bench-secret-" + "b" * 40
 LUA = PROJECT_DIR / "loadtests" / "wrk" / "predict.lua"
@@ -112,32 +112,15 @@ def batch_throughput(
 
 def mint_token(env: dict[str, str]) -> str:
     """Create the bench user in the scenario's database (once) and mint a token for it."""
-    full_env = {**os.environ, **env}
-
-    def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "auth", *args],
-            env=full_env,
-            cwd=PROJECT_DIR,
-            input=stdin,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-
-    out = cli("token", "bench", "--ttl", "2h")
+    out = auth_cli(env, "token", "bench", "--ttl", "2h")
     if out.returncode != 0:
-        made = cli(
-            "create-user",
-            "bench",
-            "--role",
-            "admin",
-            "--password-stdin",
+        made = auth_cli(
+            env, "create-user", "bench", "--role", "admin", "--password-stdin",
             stdin="bench-password-123\n",
-        )
+        )  # fmt: skip
         if made.returncode != 0:
             raise RuntimeError(f"cannot create the bench user: {made.stderr[-1500:]}")
-        out = cli("token", "bench", "--ttl", "2h")
+        out = auth_cli(env, "token", "bench", "--ttl", "2h")
     if out.returncode != 0:
         raise RuntimeError(f"cannot mint a bench token: {out.stderr[-1500:]}")
     return out.stdout.strip().splitlines()[-1]

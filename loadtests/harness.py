@@ -25,7 +25,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+PG_ADMIN = os.environ.get("ATTRITION_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 @contextmanager
@@ -41,6 +41,22 @@ def temporary_database(prefix: str = "attrition_tmp") -> Iterator[str]:
     finally:
         with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def auth_cli(
+    env: Mapping[str, str], *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m auth ARGS` with the application settings in `env`; never raises."""
+    return subprocess.run(
+        [sys.executable, "-m", "auth", *args],
+        env={**os.environ, **env},
+        cwd=PROJECT_DIR,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def inference_rows(url: str) -> int:

@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from loadtests.harness import PROJECT_DIR, Server, inference_rows, temporary_database
+from loadtests.harness import PROJECT_DIR, Server, auth_cli, inference_rows, temporary_database
 
 LOCUSTFILE = PROJECT_DIR / "loadtests" / "locustfile.py"
 LOCUST_CONF = PROJECT_DIR / "loadtests" / "locust.conf"
@@ -22,15 +22,8 @@ USERNAME = "loadtest"
 
 def create_user(env: dict[str, str], password: str) -> None:
     """Admin, so the same user may both predict and read every subject's history."""
-    cmd = [sys.executable, "-m", "auth", "create-user", USERNAME, "--role", "admin"]
-    out = subprocess.run(
-        [*cmd, "--password-stdin"],
-        env={**os.environ, **env},
-        cwd=PROJECT_DIR,
-        input=f"{password}\n",
-        text=True,
-        capture_output=True,
-        check=False,
+    out = auth_cli(
+        env, "create-user", USERNAME, "--role", "admin", "--password-stdin", stdin=f"{password}\n"
     )
     if out.returncode != 0:
         raise RuntimeError(f"creating the load-test user failed:\n{out.stderr[-2000:]}")

@@ -2,8 +2,8 @@
 and real `bentoml serve` stacks with users of each role."""
 
 import os
-import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,12 +11,12 @@ from typing import Any
 import psycopg
 import pytest
 
+from loadtests.harness import PG_ADMIN, temporary_database
 from tests.helpers import PROJECT_DIR, Server
 
 # A model store of the suite's own; set before anything imports bentoml.
 os.environ.setdefault("BENTOML_HOME", str(PROJECT_DIR / "build" / "bentoml-test"))
 
-PG_ADMIN = os.environ.get("ATTRITION_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 TEST_SECRET = "test-secret-" + "x" * 40
 PASSWORD = "correct horse battery staple"
 # username -> (roles, active)
@@ -51,25 +51,19 @@ def pipeline(model_tag: str) -> Any:
 
 
 class PostgresDatabases:
-    """Creates throwaway databases on the real PostgreSQL and drops them at the end."""
+    """Throwaway databases on the real PostgreSQL, all dropped at the end of the session."""
 
     def __init__(self) -> None:
-        try:
-            self.admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5)
-        except psycopg.OperationalError as exc:  # a failure, never a skip: CI must have it
-            pytest.fail(f"PostgreSQL is required at {PG_ADMIN}: {exc}")
-        self.names: list[str] = []
+        self.stack = ExitStack()
 
     def create(self) -> str:
-        name = f"attrition_test_{uuid.uuid4().hex[:10]}"
-        self.admin.execute(f'CREATE DATABASE "{name}"')
-        self.names.append(name)
-        return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+        try:
+            return self.stack.enter_context(temporary_database("attrition_test"))
+        except psycopg.OperationalError as exc:  # a failure, never a skip: CI must have it
+            pytest.fail(f"PostgreSQL is required at {PG_ADMIN}: {exc}")
 
     def drop_all(self) -> None:
-        for name in self.names:
-            self.admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        self.admin.close()
+        self.stack.close()
 
 
 @pytest.fixture(scope="session")

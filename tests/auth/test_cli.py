@@ -1,14 +1,13 @@
 """python -m auth: users from the command line, passwords never in argv, tokens that verify."""
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from auth.tokens import Verifier
+from loadtests.harness import auth_cli
 from tests.conftest import TEST_SECRET, PostgresDatabases, app_settings, database_url
-from tests.helpers import PROJECT_DIR
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -19,20 +18,11 @@ def env(
         "ATTRITION_DATABASE_URL": database_url(request.param, postgres, tmp_path),
         "ATTRITION_JWT_SECRET": TEST_SECRET,
         "ATTRITION_DATA_DIR": str(tmp_path / "data"),
-        "PATH": "/usr/bin:/bin",
     }
 
 
 def cli(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "auth", *args],
-        env=env,
-        cwd=PROJECT_DIR,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return auth_cli(env, *args, stdin=stdin)
 
 
 def test_user_lifecycle_and_service_token(env: dict[str, str], tmp_path: Path) -> None:
