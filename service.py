@@ -342,24 +342,22 @@ class AttritionService:
             principal = getattr(ctx.request.state, "principal", None)
             created_at = datetime.now(UTC).isoformat()
             subject = principal.subject if principal else "anonymous"
-            route = ctx.request.url.path
-            records = [
-                Record(
-                    id=str(uuid.uuid5(request_id, str(i)) if batch else request_id),
-                    created_at=created_at,
-                    subject=subject,
-                    route=route,
-                    model_tag=MODEL_TAG,
-                    batch_id=str(request_id) if batch else None,
-                    position=i if batch else None,
-                    inputs=employee.model_dump(),
-                    probability=p,
-                    label=label(p, self.threshold),
-                    threshold=self.threshold,
-                    latency_ms=latency_ms,
-                )
-                for i, (employee, p) in enumerate(zip(employees, probs, strict=True))
-            ]
+            route = ctx.request.scope["path"]  # request.url would parse and rebuild the URL
+            threshold = self.threshold
+            if batch:
+                batch_id = str(request_id)
+                records = [
+                    Record(str(uuid.uuid5(request_id, str(i))), created_at, subject, route,
+                           MODEL_TAG, batch_id, i, employee.model_dump_json(), p,
+                           label(p, threshold), threshold, latency_ms)
+                    for i, (employee, p) in enumerate(zip(employees, probs, strict=True))
+                ]  # fmt: skip
+            else:
+                records = [
+                    Record(str(request_id), created_at, subject, route, MODEL_TAG, None, None,
+                           employees[0].model_dump_json(), probs[0], label(probs[0], threshold),
+                           threshold, latency_ms)
+                ]  # fmt: skip
             overflow = self.log.submit(records)
             if overflow:  # queue full: keep them on disk before answering
                 await anyio.to_thread.run_sync(self.log.overflow, overflow)

@@ -1,9 +1,11 @@
-"""Rows/s of the inference-log writer into PostgreSQL: COPY via staging table vs pipelined executemany.
+"""Rows/s of the inference-log writer into PostgreSQL: straight COPY (live records), COPY via
+a staging table with insert-or-ignore (replays), and pipelined executemany.
 
 python -m loadtests.log_write_bench --rows 50000 --batch 1000
 """
 
 import argparse
+import json
 import time
 import uuid
 from datetime import UTC, datetime
@@ -16,6 +18,11 @@ from training.data import load_reference
 from training.schema import FEATURES
 
 ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+PATHS = [  # (name, method, fresh)
+    ("copy (live records)", "copy", True),
+    ("copy+ignore (replays)", "copy", False),
+    ("executemany+ignore", "executemany", False),
+]
 
 
 def records(n: int) -> list[Record]:
@@ -24,7 +31,7 @@ def records(n: int) -> list[Record]:
     batch = str(uuid.uuid4())
     return [
         Record(str(uuid.uuid4()), now, "bench", "/predict/attrition/batch", "attrition:bench", batch,
-               i, rows[i % len(rows)], 0.25, "No", 0.35, 12.5)
+               i, json.dumps(rows[i % len(rows)]), 0.25, "No", 0.35, 12.5)
         for i in range(n)
     ]  # fmt: skip
 
@@ -43,16 +50,18 @@ def main() -> None:
         upgrade(url)
         print(f"{args.rows} rows in batches of {args.batch}, one connection, fresh table")
         for round_ in range(args.rounds):
-            for method in ("copy", "executemany"):
+            for path_name, method, fresh in PATHS:
                 data = records(args.rows)
                 sink = PostgresSink(url, method=method)
-                sink.write(data[:10])  # connect and warm up outside the timing
+                sink.write(data[:10], fresh=fresh)  # connect and warm up outside the timing
                 started = time.perf_counter()
                 for i in range(10, len(data), args.batch):
-                    sink.write(data[i : i + args.batch])
+                    sink.write(data[i : i + args.batch], fresh=fresh)
                 seconds = time.perf_counter() - started
                 sink.close()
-                print(f"round {round_ + 1} {method:<12} {(len(data) - 10) / seconds:>9.0f} rows/s")
+                print(
+                    f"round {round_ + 1} {path_name:<24} {(len(data) - 10) / seconds:>9.0f} rows/s"
+                )
     finally:
         with psycopg.connect(ADMIN, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')

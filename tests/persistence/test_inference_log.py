@@ -1,5 +1,6 @@
 """The writer, spool and replays on the real PostgreSQL (no server): nothing lost, nothing twice."""
 
+import json
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +23,7 @@ def record(i: int) -> Record:
         model_tag="attrition:test",
         batch_id=None,
         position=None,
-        inputs={"Age": 20 + i % 40, "OverTime": "Yes"},
+        inputs=json.dumps({"Age": 20 + i % 40, "OverTime": "Yes"}),
         probability=i / 1000,
         label="No",
         threshold=0.35,
@@ -72,7 +73,7 @@ def test_postgres_write_methods_ignore_replayed_ids(
         inputs, p = conn.execute(
             "SELECT inputs, probability FROM inferences WHERE id = %s", (records[7].id,)
         ).fetchone()
-    assert inputs == records[7].inputs and p == records[7].probability
+    assert inputs == json.loads(records[7].inputs) and p == records[7].probability
 
 
 def test_failed_writes_are_spooled_and_replayed_by_the_next_owner(url: str, tmp_path: Path) -> None:
@@ -119,3 +120,36 @@ def test_torn_last_line_is_skipped(url: str, tmp_path: Path) -> None:
     (spool_dir / "spool-1-dead.jsonl").write_bytes(good.to_line() + b'{"id": "cut sh')
     assert Spool(spool_dir).replay_orphans(make_sink(url), 100) == 1
     assert count(url) == 1
+
+
+def test_a_fresh_batch_holding_a_known_id_is_inserted_without_duplicates(
+    postgres: PostgresDatabases, tmp_path: Path
+) -> None:
+    url = database_url("postgresql", postgres, tmp_path)
+    upgrade(url)
+    sink = PostgresSink(url)
+    records = [record(i) for i in range(20)]
+    sink.write(records[:5], fresh=True)  # straight COPY
+    sink.write(
+        records, fresh=True
+    )  # a broken promise: COPY fails on the key, then insert-or-ignore
+    sink.close()
+    assert count(url) == 20
+
+
+def test_spool_lines_of_the_previous_format_replay(url: str, tmp_path: Path) -> None:
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    old = {**record(1)._asdict(), "inputs": {"Age": 41, "OverTime": "Yes"}}  # inputs as an object
+    (spool_dir / "spool-1-dead.jsonl").write_text(json.dumps(old) + "\n")
+    assert Spool(spool_dir).replay_orphans(make_sink(url), 100) == 1
+    from sqlalchemy import select
+
+    from persistence.db import make_engine
+    from persistence.models import Inference
+
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        inputs = conn.execute(select(Inference.inputs)).scalar_one()  # type: ignore[call-overload]
+    engine.dispose()
+    assert inputs == {"Age": 41, "OverTime": "Yes"}
