@@ -28,13 +28,12 @@ def feeds(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     }
 
 
-def feeds_from_rows(rows: list[dict]) -> dict[str, np.ndarray]:  # type: ignore[type-arg]
-    """The same inputs built straight from validated rows, without a DataFrame."""
+def feeds_from_matrix(matrix: np.ndarray) -> dict[str, np.ndarray]:
+    """The same inputs from an (n, len(FEATURES)) object matrix in FEATURES order, as
+    `training.schema.feature_matrix` makes it from validated employees."""
     return {
-        c: np.array([r[c] for r in rows], dtype=np.float64 if c in NUMERIC else object).reshape(
-            -1, 1
-        )
-        for c in FEATURES
+        c: matrix[:, j : j + 1].astype(np.float64 if c in NUMERIC else object)
+        for j, c in enumerate(FEATURES)
     }
 
 

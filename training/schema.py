@@ -1,7 +1,9 @@
 """The employee feature contract shared by training and serving."""
 
+import operator
 from typing import Any, Literal, get_args
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator
 
 
@@ -166,3 +168,13 @@ ORDINAL: tuple[str, ...] = (
 )
 NOMINAL: tuple[str, ...] = tuple(f for f in CATEGORICAL if f not in ORDINAL)
 TARGET = "Attrition"
+
+_feature_values = operator.attrgetter(*FEATURES)
+
+
+def feature_matrix(employees: list[Employee]) -> np.ndarray:
+    """Validated employees as an (n, len(FEATURES)) object matrix, columns in FEATURES order:
+    the runner's input (it pickles and concatenates cheaply; pydantic models did not)."""
+    matrix = np.empty((len(employees), len(FEATURES)), dtype=object)
+    matrix[:] = [_feature_values(e) for e in employees]
+    return matrix

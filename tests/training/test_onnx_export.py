@@ -7,7 +7,7 @@ import pytest
 from training import onnx_export
 from training.data import load_reference, split_xy
 from training.pipeline import build_pipeline
-from training.schema import FEATURES
+from training.schema import FEATURES, Employee, feature_matrix
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +50,14 @@ def test_an_export_off_by_more_than_the_tolerance_is_dropped(
     assert result.model is None and ("dropped" in result.note or "failed" in result.note)
 
 
-def test_feeds_from_rows_equal_feeds_from_a_frame(data: tuple[pd.DataFrame, pd.Series]) -> None:
+def test_the_runner_feeds_equal_feeds_from_a_frame(data: tuple[pd.DataFrame, pd.Series]) -> None:
+    """The runner's path (validated employees -> feature matrix -> feeds) gives the same ONNX
+    inputs as the training-time path from a DataFrame."""
     x, _ = data
-    rows = x.head(5).to_dict("records")
-    a, b = onnx_export.feeds(x.head(5)), onnx_export.feeds_from_rows(rows)
+    employees = [Employee.model_validate(r) for r in x.head(5).to_dict("records")]
+    matrix = feature_matrix(employees)
+    assert matrix.shape == (5, len(FEATURES))
+    a, b = onnx_export.feeds(x.head(5)), onnx_export.feeds_from_matrix(matrix)
     assert set(a) == set(b) == set(FEATURES)
     for col in FEATURES:
         assert a[col].dtype == b[col].dtype and (a[col] == b[col]).all()
