@@ -125,7 +125,7 @@ class Settings(BaseSettings):
     """Most records the writer inserts in one transaction."""
 
     log_flush_interval_ms: int = Field(200, ge=1)
-    """Longest a record waits in the queue before the writer inserts it."""
+    """Longest a record waits in the buffer before the writer inserts it."""
 
     log_queue_size: int = Field(100_000, ge=1)
     """Records a worker may hold in memory; beyond that they are spooled before the response."""
