@@ -361,22 +361,19 @@ class AttritionService:
             subject = principal.subject if principal else "anonymous"
             route = ctx.request.scope["path"]  # request.url would parse and rebuild the URL
             threshold = self.threshold
-            if batch:
-                batch_id = str(request_id)
-                records = [
-                    Record(str(uuid.uuid5(request_id, str(i))), created_at, subject, route,
-                           MODEL_TAG, batch_id, i, employee.model_dump_json(), p,
-                           label(p, threshold), threshold, latency_ms)
-                    for i, (employee, p) in enumerate(zip(employees, probs, strict=True))
-                ]  # fmt: skip
+            if batch:  # one record per row, each with an id of its own
+                ids = [str(uuid.uuid5(request_id, str(i))) for i in range(len(employees))]
             else:
-                records = [
-                    Record(str(request_id), created_at, subject, route, MODEL_TAG, None, None,
-                           employees[0].model_dump_json(), probs[0], label(probs[0], threshold),
-                           threshold, latency_ms)
-                ]  # fmt: skip
+                ids = [str(request_id)]
+            batch_id = str(request_id) if batch else None
+            records = [
+                Record(record_id, created_at, subject, route, MODEL_TAG, batch_id,
+                       i if batch else None, employee.model_dump_json(), p,
+                       label(p, threshold), threshold, latency_ms)
+                for i, (record_id, employee, p) in enumerate(zip(ids, employees, probs, strict=True))
+            ]  # fmt: skip
             overflow = self.log.submit(records)
-            if overflow:  # queue full: keep them on disk before answering
+            if overflow:  # buffer full: keep them on disk before answering
                 await anyio.to_thread.run_sync(self.log.overflow, overflow)
         ctx.response.headers["X-Request-ID"] = str(request_id)
         return str(request_id), probs

@@ -339,10 +339,10 @@ class InferenceLog:
 
     def submit(self, records: list[Record]) -> list[Record]:
         """Buffer the records without blocking; return those that did not fit."""
-        room = self.queue_size - len(self.buffer)
+        room = max(self.queue_size - len(self.buffer), 0)
         if room < len(records):
-            self.buffer.extend(records[: max(room, 0)])
-            return records[max(room, 0) :]
+            self.buffer.extend(records[:room])
+            return records[room:]
         self.buffer.extend(records)
         if len(self.buffer) >= self.batch_size and not self.wakeup.is_set():
             self.wakeup.set()

@@ -21,16 +21,13 @@ class OnnxExport:
 
 
 def feeds(frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """ONNX inputs: one (n, 1) column per feature, float64 numbers and object strings."""
-    return {
-        c: frame[c].to_numpy(dtype=np.float64 if c in NUMERIC else object).reshape(-1, 1)
-        for c in FEATURES
-    }
+    """ONNX inputs of a DataFrame's rows (the export check)."""
+    return feeds_from_matrix(frame[list(FEATURES)].to_numpy(dtype=object))
 
 
 def feeds_from_matrix(matrix: np.ndarray) -> dict[str, np.ndarray]:
-    """The same inputs from an (n, len(FEATURES)) object matrix in FEATURES order, as
-    `training.schema.feature_matrix` makes it from validated employees."""
+    """ONNX inputs: one (n, 1) column per feature, float64 numbers and object strings, from an
+    (n, len(FEATURES)) object matrix in FEATURES order (`training.schema.feature_matrix`)."""
     return {
         c: matrix[:, j : j + 1].astype(np.float64 if c in NUMERIC else object)
         for j, c in enumerate(FEATURES)
