@@ -1,6 +1,7 @@
 """Start and stop a real `bentoml serve` on a free port (used by the tests and the benchmarks)."""
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -19,8 +20,33 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 BENTOML = str(Path(sys.executable).with_name("bentoml"))
 
 
+def ephemeral_ports() -> range:
+    """The ports the kernel hands to outgoing connections (Linux; the usual default elsewhere)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A port that is free now and lies below the kernel's ephemeral range.
+
+    A port from bind(0) lies inside that range, and the kernel also gives those ports to
+    outgoing connections: between this probe and the server's own bind seconds later, any
+    client socket on the machine could take it ("Address already in use"; it failed a CI
+    run). Ports below the range are only ever taken by listeners.
+    """
+    candidates = range(20_000, ephemeral_ports().start)
+    for _ in range(200 if len(candidates) > 1_000 else 0):
+        port = random.choice(candidates)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # an unusual port range: fall back to the kernel's choice
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
@@ -82,31 +108,58 @@ def private_home(shared: str | None, parent: Path) -> str:
     return str(home)
 
 
-class Server:
-    """A real `bentoml serve` subprocess on a free port, stopped with SIGTERM."""
+class PortTaken(RuntimeError):
+    """The server could not bind its port: something else took it after the probe."""
 
-    def __init__(self, target: str, env: Mapping[str, str], *, log: Path, timeout: float = 120):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+
+class Server:
+    """A real `bentoml serve` subprocess on a free port, stopped with SIGTERM.
+
+    If another listener takes the port between the probe and the bind, it starts again on a
+    new port (up to `attempts` times) instead of failing.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        env: Mapping[str, str],
+        *,
+        log: Path,
+        timeout: float = 120,
+        attempts: int = 3,
+    ):
         self.log_path = log
-        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
         full_env = {**os.environ, "BENTOML_CONFIG": str(PROJECT_DIR / "configuration.yaml"), **env}
         full_env["BENTOML_HOME"] = private_home(full_env.get("BENTOML_HOME"), log.parent)
-        self.proc = subprocess.Popen(
-            [BENTOML, "serve", target, "--port", str(self.port), "--host", "127.0.0.1"],
-            cwd=PROJECT_DIR,
-            env=full_env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.wait_ready(timeout)
+        for attempt in range(1, attempts + 1):
+            self.port = free_port()
+            self.url = f"http://127.0.0.1:{self.port}"
+            self._log = open(log, "ab" if attempt > 1 else "wb")  # noqa: SIM115 - closed in stop()
+            self.proc = subprocess.Popen(
+                [BENTOML, "serve", target, "--port", str(self.port), "--host", "127.0.0.1"],
+                cwd=PROJECT_DIR,
+                env=full_env,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            try:
+                self.wait_ready(timeout)
+                return
+            except PortTaken:
+                self.stop()
+                if attempt == attempts:
+                    raise
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited {self.proc.returncode}:\n{self.log()}")
+                log = self.log()
+                failure = (
+                    PortTaken if f"Could not bind 127.0.0.1:{self.port}" in log else RuntimeError
+                )
+                raise failure(f"server exited {self.proc.returncode}:\n{log}")
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
                     return
