@@ -2,7 +2,6 @@
 
 import asyncio
 import gc
-import json
 import logging
 import time
 import uuid
@@ -21,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
-from auth.middleware import JWTAuthMiddleware
+from auth.middleware import JWTAuthMiddleware, error_body, send_json
 from auth.tokens import create_token
 from auth.users import LockedOut, authenticate
 from persistence.db import make_engine, upgrade
@@ -191,18 +190,6 @@ class AttritionModel:
         return self.pipeline.predict_proba(frame)[:, 1]
 
 
-def error_body(error: str, loc: str, msg: str, type_: str) -> bytes:
-    """The error shape BentoML uses for validation errors: {"error", "detail": [{loc, msg, type}]}."""
-    detail = [{"loc": [loc], "msg": msg, "type": type_}]
-    return json.dumps({"error": error, "detail": detail}).encode()
-
-
-async def send_json(send: Any, status: int, body: bytes, headers: Any = ()) -> None:
-    head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": [*head, *headers]})
-    await send({"type": "http.response.body", "body": body})
-
-
 REJECTION_REASONS = {
     400: "invalid_input",
     401: "unauthenticated",
@@ -243,7 +230,7 @@ class RequestGuard:
         if scope["path"].startswith("/predict") and ctype != b"application/json":
             msg = f"content type {ctype.decode(errors='replace')!r} is not supported; send application/json"
             await send_json(
-                send, 415, error_body("unsupported media type", "header", msg, "media_type")
+                send, 415, error_body("unsupported media type", ["header"], msg, "media_type")
             )
             return
         length = headers.get(b"content-length")
@@ -272,7 +259,7 @@ class RequestGuard:
 
     async def _refuse(self, send: Any, size: int) -> None:
         msg = f"body of {size} bytes exceeds the limit of {self.max_bytes} bytes"
-        await send_json(send, 413, error_body("request body too large", "body", msg, "too_large"))
+        await send_json(send, 413, error_body("request body too large", ["body"], msg, "too_large"))
 
 
 # BentoML works out a root-typed output's media type by building its JSON schema on every
@@ -284,6 +271,11 @@ api = FastAPI(title="Attrition service: status and auth", docs_url=None, redoc_u
 
 def label(probability: float, threshold: float) -> Literal["Yes", "No"]:
     return "Yes" if probability >= threshold else "No"
+
+
+def caller(request: Request) -> Any:
+    """The authenticated principal (None when auth is off in development mode)."""
+    return getattr(request.state, "principal", None)
 
 
 @bentoml.service(name="AttritionService", http={"port": 3000})
@@ -356,7 +348,7 @@ class AttritionService:
             probs = await self._score(employees)
         latency_ms = (time.perf_counter() - started) * 1000
         if self.log is not None:
-            principal = getattr(ctx.request.state, "principal", None)
+            principal = caller(ctx.request)
             created_at = datetime.now(UTC).isoformat()
             subject = principal.subject if principal else "anonymous"
             route = ctx.request.scope["path"]  # request.url would parse and rebuild the URL
@@ -489,11 +481,6 @@ class HistoryPage(BaseModel):
     next_cursor: str | None = Field(
         description="Pass as `cursor` for the next page; null on the last."
     )
-
-
-def caller(request: Request) -> Any:
-    """The authenticated principal (None when auth is off in development mode)."""
-    return getattr(request.state, "principal", None)
 
 
 @api.get("/predict/history", response_model=HistoryPage)

@@ -81,19 +81,28 @@ class UserDirectory:
         return roles
 
 
-def _error(status: int, error: str, msg: str, extra_headers: list[tuple[bytes, bytes]]) -> tuple:
-    body = json.dumps(
-        {
-            "error": error,
-            "detail": [{"loc": ["header", "Authorization"], "msg": msg, "type": error}],
-        }
-    ).encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        *extra_headers,
-    ]
-    return status, headers, body
+def error_body(error: str, loc: list[str], msg: str, type_: str) -> bytes:
+    """The error shape BentoML uses for validation errors, {"error", "detail": [{loc, msg, type}]},
+    for every refusal of the project's ASGI middlewares."""
+    detail = [{"loc": loc, "msg": msg, "type": type_}]
+    return json.dumps({"error": error, "detail": detail}).encode()
+
+
+async def send_json(send: Any, status: int, body: bytes, headers: Any = ()) -> None:
+    head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": [*head, *headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
+@dataclass(frozen=True)
+class Refusal:
+    status: int
+    body: bytes
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+def _error(status: int, error: str, msg: str, *headers: tuple[bytes, bytes]) -> Refusal:
+    return Refusal(status, error_body(error, ["header", "Authorization"], msg, error), headers)
 
 
 class JWTAuthMiddleware:
@@ -125,11 +134,9 @@ class JWTAuthMiddleware:
             scope.setdefault("state", {})["principal"] = outcome
             await self.app(scope, receive, send)
             return
-        status, headers, body = outcome
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_json(send, outcome.status, outcome.body, outcome.headers)
 
-    async def check(self, scope: Any) -> Principal | tuple:
+    async def check(self, scope: Any) -> Principal | Refusal:
         assert self.verifier is not None
         header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1").strip()
         scheme, _, token = header.partition(" ")
@@ -159,13 +166,13 @@ class JWTAuthMiddleware:
         needed = required_roles(scope["method"], scope["path"])
         if needed is not None and not principal.roles & needed:
             msg = f"this route needs one of the roles: {', '.join(sorted(needed))}"
-            return _error(403, "insufficient_scope", msg, [])
+            return _error(403, "insufficient_scope", msg)
         return principal
 
     @staticmethod
-    def unauthorized(msg: str, error: str) -> tuple:
+    def unauthorized(msg: str, error: str) -> Refusal:
         challenge = f'Bearer realm="attrition", error="{error}", error_description="{msg}"'
-        return _error(401, error, msg, [(b"www-authenticate", challenge.encode())])
+        return _error(401, error, msg, (b"www-authenticate", challenge.encode()))
 
 
 def with_bearer_security(send: Callable[..., Any]) -> Callable[..., Any]:

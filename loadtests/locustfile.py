@@ -21,8 +21,8 @@ LOGIN = "/auth/token"
 BATCH_SIZES = (10, 100)
 HISTORY_PAGE = 50
 LABELS = {"Yes", "No"}
-PREDICTION_KEYS = {"request_id", "probability", "label", "threshold", "model_tag"}
-BATCH_KEYS = {"request_id", "threshold", "model_tag", "predictions"}
+PREDICTION_KEYS = frozenset({"request_id", "probability", "label", "threshold", "model_tag"})
+BATCH_KEYS = frozenset({"request_id", "threshold", "model_tag", "predictions"})
 # Log in again this long before the token expires, so no request is sent with a stale token.
 TOKEN_MARGIN_SECONDS = 60
 
@@ -63,8 +63,10 @@ def employee() -> dict[str, Any]:
     return row
 
 
-def body(response: ResponseContextManager) -> dict[str, Any] | None:
-    """The JSON object of a 200 response, or None after marking the response failed."""
+def body(
+    response: ResponseContextManager, keys: frozenset[str] = frozenset(), what: str = "response"
+) -> dict[str, Any] | None:
+    """The JSON object of a 200 response that holds `keys`, or None after marking it failed."""
     if response.status_code != 200:
         response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
         return None
@@ -74,6 +76,9 @@ def body(response: ResponseContextManager) -> dict[str, Any] | None:
         result = None
     if not isinstance(result, dict):
         response.failure(f"not a JSON object: {response.text[:200]}")
+        return None
+    if missing := keys - result.keys():
+        response.failure(f"{what} lacks {sorted(missing)}")
         return None
     return result
 
@@ -122,11 +127,8 @@ class Analyst(HttpUser):
         with self.client.post(
             "/predict/attrition", json=employee(), name="/predict/attrition", catch_response=True
         ) as response:
-            result = body(response)
+            result = body(response, PREDICTION_KEYS, "prediction")
             if result is None:
-                return
-            if missing := PREDICTION_KEYS - result.keys():
-                response.failure(f"prediction lacks {sorted(missing)}")
                 return
             if problem := score_problem(result, result["threshold"]):
                 response.failure(problem)
@@ -143,11 +145,8 @@ class Analyst(HttpUser):
             name="/predict/attrition/batch",
             catch_response=True,
         ) as response:
-            result = body(response)
+            result = body(response, BATCH_KEYS, "batch prediction")
             if result is None:
-                return
-            if missing := BATCH_KEYS - result.keys():
-                response.failure(f"batch prediction lacks {sorted(missing)}")
                 return
             predictions = result["predictions"]
             if not isinstance(predictions, list) or len(predictions) != len(employees):

@@ -10,14 +10,12 @@ import time
 import uuid
 from datetime import UTC, datetime
 
-import psycopg
-
+from loadtests.harness import temporary_database
 from persistence.db import upgrade
 from persistence.inference_log import PostgresSink, Record
 from training.data import load_reference
 from training.schema import FEATURES
 
-ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 PATHS = [  # (name, method, fresh)
     ("copy (live records)", "copy", True),
     ("copy+ignore (replays)", "copy", False),
@@ -25,8 +23,7 @@ PATHS = [  # (name, method, fresh)
 ]
 
 
-def records(n: int) -> list[Record]:
-    rows = load_reference()[list(FEATURES)].to_dict("records")
+def records(rows: list[dict[str, object]], n: int) -> list[Record]:
     now = datetime.now(UTC).isoformat()
     batch = str(uuid.uuid4())
     return [
@@ -42,16 +39,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    name = f"attrition_logbench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    try:
+    rows = load_reference()[list(FEATURES)].to_dict("records")
+    with temporary_database("attrition_logbench") as url:
         upgrade(url)
         print(f"{args.rows} rows in batches of {args.batch}, one connection, fresh table")
         for round_ in range(args.rounds):
             for path_name, method, fresh in PATHS:
-                data = records(args.rows)
+                data = records(rows, args.rows)
                 sink = PostgresSink(url, method=method)
                 sink.write(data[:10], fresh=fresh)  # connect and warm up outside the timing
                 started = time.perf_counter()
@@ -62,9 +56,6 @@ def main() -> None:
                 print(
                     f"round {round_ + 1} {path_name:<24} {(len(data) - 10) / seconds:>9.0f} rows/s"
                 )
-    finally:
-        with psycopg.connect(ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 if __name__ == "__main__":

@@ -221,8 +221,7 @@ class Spool:
                 return 0
             self.file.seek(0)
             records = list(parse(self.file.read().splitlines(), self.path))
-            for i in range(0, len(records), chunk):
-                sink.write(records[i : i + chunk])
+            write_chunks(sink, records, chunk)
             self.file.truncate(0)
             self.file.flush()
             os.fsync(self.file.fileno())
@@ -241,8 +240,7 @@ class Spool:
                 except BlockingIOError:
                     continue  # a live worker owns it
                 records = list(parse(f.read().splitlines(), path))
-                for i in range(0, len(records), chunk):
-                    sink.write(records[i : i + chunk])
+                write_chunks(sink, records, chunk)
                 path.unlink()
                 done += len(records)
                 log.warning("replayed %d records from %s", len(records), path.name)
@@ -262,6 +260,11 @@ class Spool:
             self.file.close()
             if empty:
                 self.path.unlink(missing_ok=True)
+
+
+def write_chunks(sink: Sink, records: list[Record], chunk: int) -> None:
+    for i in range(0, len(records), chunk):
+        sink.write(records[i : i + chunk])
 
 
 def count_lines(path: Path) -> int:

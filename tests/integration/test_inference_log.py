@@ -14,6 +14,7 @@ import httpx
 import psycopg
 import pytest
 
+from loadtests.harness import inference_rows
 from tests.conftest import SERVER_ENV, PostgresDatabases, Stack, app_settings, seed_users
 from tests.helpers import Server, employee_rows
 from tests.proxy import TcpProxy
@@ -36,11 +37,6 @@ def rows_for(url: str, ids: list[str]) -> dict[str, dict[str, Any]]:
         )
         names = [d.name for d in cur.description]
         return {r[0]: dict(zip(names, r, strict=True)) for r in cur.fetchall()}
-
-
-def total_rows(url: str) -> int:
-    with pg(url) as conn:
-        return conn.execute("SELECT count(*) FROM inferences").fetchone()[0]
 
 
 def wait_for(predicate: Any, timeout: float = 30, what: str = "condition") -> None:
@@ -188,7 +184,7 @@ def test_database_outage_loses_and_duplicates_nothing(
     successes = len(ok) + 1
     print(f"outage test: {successes} predictions answered 200, {failed} failed")
     assert len(rows_for(direct, ok)) == len(ok)
-    assert total_rows(direct) == successes, "a row without a 200, or a duplicate"
+    assert inference_rows(direct) == successes, "a row without a 200, or a duplicate"
 
 
 @pytest.mark.parametrize("victim", ["entry_worker", "whole_server"])
@@ -201,7 +197,7 @@ def test_sigkill_after_spooling_then_restart_delivers_the_rows(
     try:
         first = post_single(server.url, headers, ROWS[0])
         assert first is not None and first.status_code == 200
-        wait_for(lambda: total_rows(direct) == 1, what="first row")
+        wait_for(lambda: inference_rows(direct) == 1, what="first row")
         proxy.cut()
         ids = []
         for row in ROWS[1:21]:
@@ -225,7 +221,7 @@ def test_sigkill_after_spooling_then_restart_delivers_the_rows(
         wait_for(lambda: len(rows_for(direct, ids)) == 20, 60, "replayed rows")
     finally:
         server.stop()
-    assert total_rows(direct) == 21
+    assert inference_rows(direct) == 21
     assert not list(spool.glob("spool-*.jsonl"))
 
 
@@ -258,7 +254,7 @@ def test_sigterm_during_load_flushes_every_answered_prediction(
     assert ok, "no prediction was answered before the signal"
     print(f"sigterm test: {len(ok)} predictions answered 200 before shutdown")
     assert len(rows_for(direct, ok)) == len(ok)
-    assert total_rows(direct) == len(ok)
+    assert inference_rows(direct) == len(ok)
 
 
 @pytest.fixture(scope="module")
@@ -387,7 +383,7 @@ def test_bad_history_queries_are_4xx(stack: Stack) -> None:
 
 
 def test_rejections_are_counted_by_reason_not_recorded(stack: Stack) -> None:
-    before = total_rows(stack.url)
+    before = inference_rows(stack.url)
     r = httpx.post(
         f"{stack.server.url}/predict/attrition",
         json={"Age": "x"},
@@ -399,4 +395,4 @@ def test_rejections_are_counted_by_reason_not_recorded(stack: Stack) -> None:
     assert 'attrition_rejected_requests_total{reason="invalid_input"}' in metrics
     assert 'attrition_rejected_requests_total{reason="unauthenticated"}' in metrics
     time.sleep(0.5)
-    assert total_rows(stack.url) == before
+    assert inference_rows(stack.url) == before
