@@ -15,19 +15,21 @@ import bentoml
 import numpy as np
 import pandas as pd
 from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
-from auth.middleware import JWTAuthMiddleware, error_body, send_json
-from auth.tokens import create_token
-from auth.users import LockedOut, authenticate
+from auth import http
+from auth.guard import RequestGuard
+from auth.login import PasswordGrant, Token
+from auth.middleware import JWTAuthMiddleware
 from persistence.db import make_engine, upgrade
-from persistence.history import BadCursor, get_inference, list_inferences
+from persistence.history import BadCursor, FilterText, FilterTime, get_inference, list_inferences
 from persistence.inference_log import InferenceLog, Record, Spool, make_sink
-from persistence.metrics import log_metrics, rejected_counter, runner_batch_histogram
-from persistence.models import InferencePublic
+from persistence.metrics import log_metrics, runner_batch_histogram
+from persistence.models import USERNAME_MAX_LENGTH, USERNAME_PATTERN, InferencePublic
 from settings import get_settings
 from training.onnx_export import feeds_from_matrix
 from training.onnx_export import session as onnx_session
@@ -190,83 +192,13 @@ class AttritionModel:
         return self.pipeline.predict_proba(frame)[:, 1]
 
 
-REJECTION_REASONS = {
-    400: "invalid_input",
-    401: "unauthenticated",
-    403: "forbidden",
-    413: "body_too_large",
-    415: "unsupported_media_type",
-    422: "invalid_input",
-}
-
-
-def count_rejections(send: Any) -> Any:
-    """Wrap `send` to count refused prediction requests by reason (they are not inferences)."""
-
-    async def wrapped(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start" and message["status"] >= 400:
-            reason = REJECTION_REASONS.get(message["status"], f"http_{message['status']}")
-            rejected_counter().labels(reason=reason).inc()
-        await send(message)
-
-    return wrapped
-
-
-class RequestGuard:
-    """Pure ASGI middleware: 415 for non-JSON prediction bodies, 413 for bodies over max_bytes."""
-
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD"):
-            await self.app(scope, receive, send)
-            return
-        if scope["path"].startswith("/predict"):
-            send = count_rejections(send)
-        headers = dict(scope["headers"])
-        ctype = headers.get(b"content-type", b"application/json").split(b";")[0].strip()
-        if scope["path"].startswith("/predict") and ctype != b"application/json":
-            msg = f"content type {ctype.decode(errors='replace')!r} is not supported; send application/json"
-            await send_json(
-                send, 415, error_body("unsupported media type", ["header"], msg, "media_type")
-            )
-            return
-        length = headers.get(b"content-length")
-        if length is not None and length.isdigit():
-            if int(length) > self.max_bytes:
-                await self._refuse(send, int(length))
-            else:
-                await self.app(scope, receive, send)
-            return
-        # No (valid) Content-Length: read the stream, counting, then replay it.
-        messages, total = [], 0
-        while True:
-            message = await receive()
-            messages.append(message)
-            total += len(message.get("body", b""))
-            if total > self.max_bytes:
-                await self._refuse(send, total)
-                return
-            if not message.get("more_body", False):
-                break
-
-        async def replay() -> Any:
-            return messages.pop(0) if messages else await receive()
-
-        await self.app(scope, replay, send)
-
-    async def _refuse(self, send: Any, size: int) -> None:
-        msg = f"body of {size} bytes exceeds the limit of {self.max_bytes} bytes"
-        await send_json(send, 413, error_body("request body too large", ["body"], msg, "too_large"))
-
-
 # BentoML works out a root-typed output's media type by building its JSON schema on every
 # response (10% of the runner's CPU under load); naming it skips that.
 AttritionModel.apis["predict_proba"].output_spec.media_type = "application/json"  # type: ignore[attr-defined]
 
 api = FastAPI(title="Attrition service: status and auth", docs_url=None, redoc_url=None)
+# Header size and read-time limits in every worker's uvicorn, /metrics by route, 400 for bad input.
+http.install(settings, api)
 
 
 def label(probability: float, threshold: float) -> Literal["Yes", "No"]:
@@ -293,6 +225,7 @@ class AttritionService:
         # Secured here, not at import, so `bentoml build` needs no secret.
         self.settings = settings.secured()
         self.engine = make_engine(settings.sqlalchemy_url)  # one per worker process
+        self.password_grant = PasswordGrant(self.engine, self.settings)
         self.coalescer = Coalescer(
             self._score, max_items=settings.runner_max_batch_size, lanes=settings.entry_batch_lanes
         )
@@ -319,6 +252,7 @@ class AttritionService:
     def close(self) -> None:
         if self.log is not None:
             self.log.close()  # flush: write or spool everything queued before the worker exits
+        self.password_grant.close()
         self.engine.dispose()
 
     async def _score(self, employees: list[Employee]) -> list[float]:
@@ -435,45 +369,17 @@ async def model_card(
     }
 
 
-class Token(BaseModel):
-    access_token: str
-    token_type: Literal["bearer"] = "bearer"
-    expires_in: int = Field(description="Seconds until the token expires.")
-
-
-@api.post("/auth/token", response_model=Token, responses={400: {}, 429: {}})
-def issue_token(
-    username: Annotated[str, Form(max_length=64)],
+@api.post("/auth/token", response_model=Token, responses={400: {}, 429: {}, 503: {}})
+async def issue_token(
+    username: Annotated[
+        str, Form(min_length=1, max_length=USERNAME_MAX_LENGTH, pattern=USERNAME_PATTERN)
+    ],
     password: Annotated[str, Form(max_length=1024)],
     grant_type: Annotated[Literal["password"], Form()] = "password",
     svc: AttritionService = Depends(bentoml.get_current_service),
 ) -> Any:
     """OAuth2 password grant. Unknown user and wrong password get the same answer."""
-    with Session(svc.engine) as session:
-        try:
-            user = authenticate(
-                session=session,
-                username=username,
-                password=password,
-                max_failures=settings.login_max_failures,
-                lockout_seconds=settings.login_lockout_seconds,
-            )
-        except LockedOut as locked:
-            return JSONResponse(
-                {
-                    "error": "temporarily_locked",
-                    "error_description": "too many failed logins; try later",
-                },
-                status_code=429,
-                headers={"Retry-After": str(locked.retry_after_seconds)},
-            )
-        if user is None:
-            return JSONResponse(
-                {"error": "invalid_grant", "error_description": "invalid username or password"},
-                status_code=400,
-            )
-        token = create_token(svc.settings, subject=user.username, roles=user.roles)
-    return Token(access_token=token, expires_in=settings.access_token_ttl_seconds)
+    return await svc.password_grant(username, password)
 
 
 class HistoryPage(BaseModel):
@@ -489,15 +395,15 @@ def history(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     since: Annotated[
-        datetime | None, Query(description="Inclusive lower bound (ISO 8601).")
+        FilterTime | None, Query(description="Inclusive lower bound (ISO 8601 with offset).")
     ] = None,
     until: Annotated[
-        datetime | None, Query(description="Exclusive upper bound (ISO 8601).")
+        FilterTime | None, Query(description="Exclusive upper bound (ISO 8601 with offset).")
     ] = None,
     label: Annotated[Literal["Yes", "No"] | None, Query()] = None,
     min_probability: Annotated[float | None, Query(ge=0, le=1)] = None,
-    model_tag: Annotated[str | None, Query(max_length=128)] = None,
-    subject: Annotated[str | None, Query(max_length=255, description="Admins only.")] = None,
+    model_tag: Annotated[FilterText | None, Query(max_length=128)] = None,
+    subject: Annotated[FilterText | None, Query(max_length=255, description="Admins only.")] = None,
     svc: AttritionService = Depends(bentoml.get_current_service),
 ) -> Any:
     """Recorded predictions, newest first; `history` users see only their own."""
@@ -506,9 +412,6 @@ def history(
         if subject is not None and subject != who.subject:
             raise HTTPException(403, "only admins may read another subject's history")
         subject = who.subject
-    for name, value in (("since", since), ("until", until)):
-        if value is not None and value.tzinfo is None:
-            raise HTTPException(400, f"{name} needs a timezone offset, e.g. 2026-01-31T00:00:00Z")
     with Session(svc.engine) as session:
         try:
             items, next_cursor = list_inferences(
@@ -516,7 +419,8 @@ def history(
                 until=until, label=label, min_probability=min_probability, model_tag=model_tag,
             )  # fmt: skip
         except BadCursor as exc:
-            raise HTTPException(400, f"cursor: {exc}") from exc
+            error = {"loc": ("query", "cursor"), "msg": str(exc), "type": "value_error"}
+            raise RequestValidationError([error]) from exc
     return HistoryPage(
         items=[InferencePublic.model_validate(i) for i in items], next_cursor=next_cursor
     )

@@ -44,7 +44,11 @@ DEFAULT_PUBLIC_PATHS = (
 class Settings(BaseSettings):
     """Everything the application (not the BentoML runtime) can be told."""
 
-    model_config = SettingsConfigDict(env_prefix="ATTRITION_", env_file=".env", extra="ignore")
+    # The .env next to this file, not in the current directory: the server and the CLI, started
+    # from anywhere, read the same one.
+    model_config = SettingsConfigDict(
+        env_prefix="ATTRITION_", env_file=PROJECT_DIR / ".env", extra="ignore"
+    )
 
     dev_mode: bool = False
     """Development mode: allows a generated JWT secret and disabling auth. Never in production."""
@@ -113,7 +117,22 @@ class Settings(BaseSettings):
     """Consecutive failed logins for one username before it is locked."""
 
     login_lockout_seconds: int = Field(300, ge=1)
-    """How long a username stays locked after too many failures."""
+    """How long a username stays locked after too many failures; failures older than this expire."""
+
+    login_concurrency: int = Field(1, ge=1, le=64)
+    """Password checks one worker runs at once (each Argon2 check takes 64 MiB and ~50 ms of CPU)."""
+
+    login_wait_seconds: float = Field(2.0, ge=0)
+    """How long a login waits for a free password check before 503 with Retry-After."""
+
+    max_token_bytes: int = Field(8192, ge=512)
+    """Longest bearer token accepted; longer ones get 401 before any parsing."""
+
+    http_max_header_bytes: int = Field(32 * 1024, ge=4096)
+    """Largest request line plus headers, in bytes; larger requests get 431 and are closed."""
+
+    http_header_timeout_seconds: float = Field(10.0, gt=0)
+    """Time a client has to send a request's complete headers; slower ones get 408 and are closed."""
 
     log_enabled: bool = True
     """Record every prediction in the inference log (may be turned off only in dev_mode)."""
@@ -163,14 +182,33 @@ class Settings(BaseSettings):
             )
         return self.model_copy(update={"jwt_secret": SecretStr(dev_secret(self.data_dir))})
 
+    def for_minting(self) -> "Settings":
+        """Settings for minting tokens outside the server (the CLI), or ValueError.
+
+        A server started by `make serve` runs in development mode and keeps its generated secret
+        in data_dir; a shell without ATTRITION_DEV_MODE and without a key of its own uses that
+        secret, as that server does. Nothing is generated here.
+        """
+        inherit = (
+            self.jwt_algorithm == "HS256"
+            and self.jwt_secret is None
+            and not self.dev_mode
+            and dev_secret_path(self.data_dir).exists()
+        )
+        return (self.model_copy(update={"dev_mode": True}) if inherit else self).secured()
+
     @property
     def sqlalchemy_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'attrition.db'}"
 
 
+def dev_secret_path(data_dir: Path) -> Path:
+    return data_dir / "dev-jwt-secret"
+
+
 def dev_secret(data_dir: Path) -> str:
     """A generated HS256 secret kept in data_dir, so every worker and the CLI share it."""
-    path = data_dir / "dev-jwt-secret"
+    path = dev_secret_path(data_dir)
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
         tmp = data_dir / f".dev-jwt-secret.{os.getpid()}"

@@ -2,12 +2,16 @@
 
 import json
 import logging
+import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlmodel import Session
 
 from auth.tokens import TokenError, Verifier
@@ -26,6 +30,14 @@ ROUTE_ROLES: tuple[tuple[str, str | None, frozenset[str]], ...] = (
 # Swagger UI assets; always public along with settings.public_paths.
 PUBLIC_PREFIXES = ("/static_content/", "/assets/")
 ADMIN = "admin"
+# The public OpenAPI document's info: the API, not the libraries behind it.
+OPENAPI_VERSION = "1"
+OPENAPI_DESCRIPTION = (
+    "Employee-attrition risk: score employees, read the prediction history. Get a token from "
+    "POST /auth/token, then send it as 'Authorization: Bearer <token>'."
+)
+# Characters allowed in a WWW-Authenticate error_description (RFC 6750 3: no quote, no backslash).
+CHALLENGE_UNSAFE = re.compile(r"[^A-Za-z0-9 .,:;'<>()_-]")
 
 
 def required_roles(method: str, path: str) -> frozenset[str] | None:
@@ -48,37 +60,56 @@ class Principal:
         return ADMIN in self.roles
 
 
+@dataclass(frozen=True)
+class UserState:
+    """What the database says about a token's subject now."""
+
+    roles: frozenset[str]
+    tokens_valid_after: float  # seconds since the epoch; tokens issued earlier are refused
+
+
+def unreachable(exc: BaseException) -> bool:
+    """The database could not be reached (connection refused or lost, pool exhausted, locked),
+    as opposed to a lookup it refused or a bug."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, OperationalError | InterfaceError | PoolTimeout)
+
+
 class UserDirectory:
-    """Active flag and roles of users, read from the database and cached for a few seconds."""
+    """Active flag, roles and token cut-off of users, read from the database and cached for a
+    few seconds."""
 
     def __init__(self, url: str, ttl: float) -> None:
         self.url = url
         self.ttl = ttl
         self._engine: Any = None  # opened lazily: one per worker process
-        self._cache: dict[str, tuple[float, frozenset[str] | None]] = {}
+        self._cache: dict[str, tuple[float, UserState | None]] = {}
 
-    def _load(self, username: str) -> frozenset[str] | None:
+    def _load(self, username: str) -> UserState | None:
         if self._engine is None:
             self._engine = make_engine(self.url, pool_size=2)
         with Session(self._engine) as session:
             user = get_user(session=session, username=username)
-            return frozenset(user.roles) if user and user.is_active else None
+            if user is None or not user.is_active:
+                return None
+            return UserState(frozenset(user.roles), user.tokens_valid_after.timestamp())
 
-    async def roles(self, username: str) -> frozenset[str] | None:
-        """The active user's roles, or None for an unknown or disabled user."""
+    async def state(self, username: str) -> UserState | None:
+        """The active user's state, or None for an unknown or disabled user."""
         hit = self._cache.get(username)
         now = time.monotonic()
         if hit and now - hit[0] < self.ttl:
             return hit[1]
         try:
-            roles = await anyio.to_thread.run_sync(self._load, username)
-        except Exception:
-            if hit:  # the database is unreachable: the last known state beats refusing everyone
+            state = await anyio.to_thread.run_sync(self._load, username)
+        except Exception as exc:
+            if hit and unreachable(exc):  # the last known state beats refusing everyone
                 log.warning("user lookup failed; using cached state of %r", username)
                 return hit[1]
             raise
-        self._cache[username] = (now, roles)
-        return roles
+        self._cache[username] = (now, state)
+        return state
 
 
 def error_body(error: str, loc: list[str], msg: str, type_: str) -> bytes:
@@ -113,6 +144,7 @@ class JWTAuthMiddleware:
         settings = settings.secured()  # refuses to start with an unsafe secret
         self.public = frozenset(settings.public_paths)
         self.enabled = settings.auth_enabled
+        self.max_header = len("Bearer ") + settings.max_token_bytes
         self.verifier = Verifier(settings) if settings.auth_enabled else None
         self.users = UserDirectory(settings.sqlalchemy_url, settings.user_cache_seconds)
 
@@ -125,7 +157,7 @@ class JWTAuthMiddleware:
             return
         path = scope["path"]
         if path == "/docs.json":
-            send = with_bearer_security(send)
+            send = public_openapi(send)
         if not self.enabled or self.is_public(path):
             await self.app(scope, receive, send)
             return
@@ -138,11 +170,16 @@ class JWTAuthMiddleware:
 
     async def check(self, scope: Any) -> Principal | Refusal:
         assert self.verifier is not None
-        header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1").strip()
+        values = [v for k, v in scope["headers"] if k == b"authorization"]
+        if not values:
+            return self.unauthorized("missing bearer token", "invalid_request")
+        if len(values) > 1:
+            return self.unauthorized("more than one Authorization header", "invalid_request")
+        if len(values[0]) > self.max_header:
+            return self.unauthorized("token too long", "invalid_token")
+        header = values[0].decode("latin-1").strip()
         scheme, _, token = header.partition(" ")
         token = token.strip()
-        if not header:
-            return self.unauthorized("missing bearer token", "invalid_request")
         if scheme.lower() != "bearer" or not token or " " in token:
             return self.unauthorized("expected 'Authorization: Bearer <token>'", "invalid_request")
         try:
@@ -150,19 +187,24 @@ class JWTAuthMiddleware:
         except TokenError as exc:
             return self.unauthorized(str(exc), "invalid_token")
         try:
-            user_roles = await self.users.roles(claims.sub)
-        except Exception as exc:  # noqa: BLE001 - database unreachable, nothing cached
+            state = await self.users.state(claims.sub)
+        except Exception as exc:  # noqa: BLE001 - classified below
+            if not unreachable(exc):
+                log.exception("user lookup for a verified token failed")
+                return self.unauthorized("unknown or disabled user", "invalid_token")
             # Availability over revocation while the database is away: the signature, expiry,
             # issuer and audience were verified, so the token's own roles are used. Routes that
             # read the database fail on their own (503); predictions keep being served.
             log.warning(
                 "user lookup for %r failed (%s); trusting the verified token", claims.sub, exc
             )
-            user_roles = frozenset(claims.roles)
-        if user_roles is None:
+            state = UserState(frozenset(claims.roles), tokens_valid_after=-math.inf)
+        if state is None:
             return self.unauthorized("unknown or disabled user", "invalid_token")
+        if claims.iat < state.tokens_valid_after:
+            return self.unauthorized("token was revoked", "invalid_token")
         # A token never grants more than the user has now, nor more than it was issued with.
-        principal = Principal(claims.sub, frozenset(claims.roles) & user_roles)
+        principal = Principal(claims.sub, frozenset(claims.roles) & state.roles)
         needed = required_roles(scope["method"], scope["path"])
         if needed is not None and not principal.roles & needed:
             msg = f"this route needs one of the roles: {', '.join(sorted(needed))}"
@@ -171,12 +213,15 @@ class JWTAuthMiddleware:
 
     @staticmethod
     def unauthorized(msg: str, error: str) -> Refusal:
-        challenge = f'Bearer realm="attrition", error="{error}", error_description="{msg}"'
+        # Only fixed texts reach the challenge; the sanitizing is a second line of defence.
+        safe = CHALLENGE_UNSAFE.sub("", msg)[:100]
+        challenge = f'Bearer realm="attrition", error="{error}", error_description="{safe}"'
         return _error(401, error, msg, (b"www-authenticate", challenge.encode()))
 
 
-def with_bearer_security(send: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap `send` so the OpenAPI document declares bearer auth (Swagger UI gets 'Authorize')."""
+def public_openapi(send: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap `send` so the OpenAPI document declares bearer auth (Swagger UI gets 'Authorize')
+    and advertises no library versions (BentoML's description carries its version badge)."""
     start: dict[str, Any] = {}
     chunks: list[bytes] = []
 
@@ -190,6 +235,9 @@ def with_bearer_security(send: Callable[..., Any]) -> Callable[..., Any]:
         body = b"".join(chunks)
         if start.get("status") == 200:
             spec = json.loads(body)
+            info = spec.get("info", {})
+            spec["info"] = {"title": info.get("title", "API"), "version": OPENAPI_VERSION}
+            spec["info"]["description"] = OPENAPI_DESCRIPTION
             schemes = spec.setdefault("components", {}).setdefault("securitySchemes", {})
             schemes["bearerAuth"] = {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
             spec["security"] = [{"bearerAuth": []}]

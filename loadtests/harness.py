@@ -9,7 +9,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -116,7 +116,9 @@ class Server:
     """A real `bentoml serve` subprocess on a free port, stopped with SIGTERM.
 
     If another listener takes the port between the probe and the bind, it starts again on a
-    new port (up to `attempts` times) instead of failing.
+    new port (up to `attempts` times) instead of failing. `command(port)` replaces the
+    `bentoml serve` command line (e.g. `make serve`); `inherit_env=False` starts it with only
+    PATH, HOME and `env`, as a new user's shell would.
     """
 
     def __init__(
@@ -127,17 +129,24 @@ class Server:
         log: Path,
         timeout: float = 120,
         attempts: int = 3,
+        command: Callable[[int], list[str]] | None = None,
+        cwd: Path = PROJECT_DIR,
+        inherit_env: bool = True,
     ):
         self.log_path = log
-        full_env = {**os.environ, "BENTOML_CONFIG": str(PROJECT_DIR / "configuration.yaml"), **env}
-        full_env["BENTOML_HOME"] = private_home(full_env.get("BENTOML_HOME"), log.parent)
+        base = os.environ if inherit_env else {k: os.environ[k] for k in ("PATH", "HOME")}
+        full_env = {**base, "BENTOML_CONFIG": str(PROJECT_DIR / "configuration.yaml"), **env}
+        full_env["BENTOML_HOME"] = private_home(
+            full_env.get("BENTOML_HOME", os.environ.get("BENTOML_HOME")), log.parent
+        )
         for attempt in range(1, attempts + 1):
             self.port = free_port()
             self.url = f"http://127.0.0.1:{self.port}"
             self._log = open(log, "ab" if attempt > 1 else "wb")  # noqa: SIM115 - closed in stop()
+            argv = [BENTOML, "serve", target, "--port", str(self.port), "--host", "127.0.0.1"]
             self.proc = subprocess.Popen(
-                [BENTOML, "serve", target, "--port", str(self.port), "--host", "127.0.0.1"],
-                cwd=PROJECT_DIR,
+                command(self.port) if command else argv,
+                cwd=cwd,
                 env=full_env,
                 stdout=self._log,
                 stderr=subprocess.STDOUT,

@@ -25,6 +25,8 @@ PREDICTION_KEYS = frozenset({"request_id", "probability", "label", "threshold", 
 BATCH_KEYS = frozenset({"request_id", "threshold", "model_tag", "predictions"})
 # Log in again this long before the token expires, so no request is sent with a stale token.
 TOKEN_MARGIN_SECONDS = 60
+# Tries of a login the service answers with 503 + Retry-After (too many logins in progress).
+LOGIN_ATTEMPTS = 10
 
 # Loaded once per locust process; every user draws from the same 1,470 real employees.
 EMPLOYEES: list[dict[str, Any]] = load_reference()[list(FEATURES)].to_dict("records")
@@ -105,13 +107,24 @@ class Analyst(HttpUser):
 
     def login(self) -> None:
         form = {"username": USERNAME, "password": PASSWORD, "grant_type": "password"}
-        with self.client.post(LOGIN, data=form, name=LOGIN, catch_response=True) as response:
-            token = body(response)
-            if token is not None and not (
-                token.get("access_token") and isinstance(token.get("expires_in"), int)
-            ):
-                response.failure(f"token response lacks access_token/expires_in: {token}")
-                token = None
+        for attempt in range(1, LOGIN_ATTEMPTS + 1):
+            with self.client.post(LOGIN, data=form, name=LOGIN, catch_response=True) as response:
+                # Every user logs in at once while spawning; the service checks a few passwords
+                # at a time and asks the rest to come back (backpressure, not a failure).
+                busy = response.status_code == 503 and attempt < LOGIN_ATTEMPTS
+                if busy:
+                    response.success()
+                    token = None
+                else:
+                    token = body(response)
+                    if token is not None and not (
+                        token.get("access_token") and isinstance(token.get("expires_in"), int)
+                    ):
+                        response.failure(f"token response lacks access_token/expires_in: {token}")
+                        token = None
+            if not busy:
+                break
+            time.sleep(float(response.headers.get("Retry-After", "1")))
         if token is None:  # without a token every request would fail; the failure is recorded
             raise StopUser()
         self.client.headers["Authorization"] = f"Bearer {token['access_token']}"

@@ -4,16 +4,33 @@ import base64
 import binascii
 import json
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Annotated
 
+from pydantic import AfterValidator
 from sqlalchemy import tuple_
 from sqlmodel import Session, col, select
 
 from persistence.models import Inference
+from persistence.types import plain_text
 
 
 class BadCursor(ValueError):
     pass
+
+
+def utc_time(value: datetime) -> datetime:
+    """A filter time as UTC; ValueError without an offset or outside the representable range."""
+    if value.tzinfo is None:
+        raise ValueError("needs a timezone offset, e.g. 2026-01-31T00:00:00Z")
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as exc:  # 0001-01-01T00:00+05:00 is before year 1 in UTC
+        raise ValueError("is outside the representable range once converted to UTC") from exc
+
+
+FilterTime = Annotated[datetime, AfterValidator(utc_time)]
+FilterText = Annotated[str, AfterValidator(plain_text)]
 
 
 def encode_cursor(record: Inference) -> str:
@@ -22,11 +39,19 @@ def encode_cursor(record: Inference) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """The (time, id) a cursor points after; BadCursor naming the problem for anything else."""
     try:
         raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return datetime.fromisoformat(raw["t"]), uuid.UUID(raw["id"])
-    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        at, record_id = raw["t"], raw["id"]
+        if not isinstance(at, str) or not isinstance(record_id, str):
+            raise TypeError("cursor fields must be strings")
+        parsed = datetime.fromisoformat(at), uuid.UUID(record_id)
+    except (ValueError, KeyError, TypeError, IndexError, binascii.Error, RecursionError) as exc:
         raise BadCursor("not a cursor from this API") from exc
+    try:
+        return utc_time(parsed[0]), parsed[1]
+    except ValueError as exc:
+        raise BadCursor(f"its time {exc}") from exc
 
 
 def list_inferences(

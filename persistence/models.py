@@ -11,10 +11,16 @@ from sqlmodel import Field, SQLModel
 from persistence.types import UTCDateTime, utcnow
 
 ROLES = ("predict", "history", "admin")
+USERNAME_PATTERN = r"^[A-Za-z0-9_.@-]+$"
+USERNAME_MAX_LENGTH = 64
 
 
 class UserBase(SQLModel):
-    username: str = Field(min_length=1, max_length=64, regex=r"^[A-Za-z0-9_.@-]+$")
+    # schema_extra, not regex=: SQLModel 0.0.50 drops regex= under pydantic 2 (names with spaces
+    # or control characters were accepted).
+    username: str = Field(
+        min_length=1, max_length=USERNAME_MAX_LENGTH, schema_extra={"pattern": USERNAME_PATTERN}
+    )
     roles: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     is_active: bool = True
 
@@ -33,6 +39,11 @@ class User(UserBase, table=True):
         default_factory=utcnow, sa_column=Column(UTCDateTime, nullable=False)
     )
     last_login_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    # Tokens issued before this are refused: set when the user is created (so a re-created name
+    # does not inherit its predecessor's tokens) and by `python -m auth revoke-tokens`.
+    tokens_valid_after: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime, nullable=False)
+    )
 
 
 class UserPublic(UserBase):
@@ -42,9 +53,14 @@ class UserPublic(UserBase):
 
 
 class LoginAttempt(SQLModel, table=True):
-    """Failed logins per username (known or not), for lockout across all workers."""
+    """Failed logins per username (known or not), for lockout across all workers.
+
+    `failures` counts attempts since the last success, started before the password check;
+    `updated_at` is the latest attempt (counts older than the lockout window start again).
+    """
 
     __tablename__ = "login_attempts"
+    __table_args__ = (Index("ix_login_attempts_updated_at", "updated_at"),)
 
     username: str = Field(max_length=64, primary_key=True)
     failures: int = 0

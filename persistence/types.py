@@ -1,5 +1,6 @@
 """Column types that behave the same on PostgreSQL and SQLite."""
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,3 +29,15 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+# C0/C1 control characters (NUL included) and UTF-16 surrogates: PostgreSQL refuses NUL in text
+# and UTF-8 cannot encode a lone surrogate, so no stored name or tag contains them.
+UNSTORABLE_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def plain_text(value: str) -> str:
+    """`value`, or ValueError when it has characters no stored text has (a pydantic validator)."""
+    if UNSTORABLE_TEXT.search(value):
+        raise ValueError("must not contain control characters")
+    return value

@@ -132,6 +132,9 @@ SERVER_ENV = {
     "ATTRITION_USER_CACHE_SECONDS": "0",
     "ATTRITION_LOGIN_MAX_FAILURES": "3",
     "ATTRITION_LOGIN_LOCKOUT_SECONDS": "120",
+    # Lockout counts must not depend on how fast this machine checks passwords: no 503s.
+    "ATTRITION_LOGIN_WAIT_SECONDS": "60",
+    "ATTRITION_HTTP_HEADER_TIMEOUT_SECONDS": "5",
 }
 
 

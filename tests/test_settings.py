@@ -45,3 +45,32 @@ def test_sqlite_is_the_default_database(tmp_path: Path) -> None:
 def test_environment_variables_use_the_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ATTRITION_MAX_BATCH_SIZE", "17")
     assert Settings().max_batch_size == 17
+
+
+def test_minting_uses_the_development_secret_a_dev_server_left(tmp_path: Path) -> None:
+    server = Settings(dev_mode=True, data_dir=tmp_path).secured()  # `make serve` generated it
+    cli = Settings(data_dir=tmp_path).for_minting()  # a shell without ATTRITION_DEV_MODE
+    assert cli.jwt_secret is not None and server.jwt_secret is not None
+    assert cli.jwt_secret.get_secret_value() == server.jwt_secret.get_secret_value()
+    own = Settings(data_dir=tmp_path, jwt_secret="k" * 40).for_minting()
+    assert own.jwt_secret is not None and own.jwt_secret.get_secret_value() == "k" * 40
+
+
+def test_minting_without_any_key_names_the_variable(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="ATTRITION_JWT_SECRET"):
+        Settings(data_dir=tmp_path).for_minting()
+    assert not (tmp_path / "dev-jwt-secret").exists()  # nothing generated behind the user's back
+
+
+def test_a_production_server_never_adopts_a_development_secret(tmp_path: Path) -> None:
+    Settings(dev_mode=True, data_dir=tmp_path).secured()
+    with pytest.raises(ValueError, match="at least 32 bytes"):
+        Settings(data_dir=tmp_path).secured()
+
+
+def test_the_env_file_is_the_projects_wherever_the_process_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("ATTRITION_MAX_BATCH_SIZE=3\n")  # not the project's .env
+    assert Settings().max_batch_size != 3

@@ -115,3 +115,95 @@ def test_a_cached_token_still_expires(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(time, "time", lambda: later)
     with pytest.raises(TokenError, match="expired"):
         verifier.decode(token)
+
+
+def signed(
+    payload: str, secret: str = SECRET, header: bytes = b'{"alg":"HS256","typ":"JWT"}'
+) -> str:
+    """A token with a hand-written payload (PyJWT would coerce or refuse the odd values)."""
+    head = jwt.utils.base64url_encode(header)
+    body = jwt.utils.base64url_encode(payload.encode())
+    sig = hmac.new(secret.encode(), head + b"." + body, hashlib.sha256).digest()
+    return (head + b"." + body + b"." + jwt.utils.base64url_encode(sig)).decode()
+
+
+def payload(**fields: str) -> str:
+    """JSON with valid claims, each overridable by its raw JSON text."""
+    now = int(time.time())
+    raw = {
+        "sub": '"amy"',
+        "iss": '"attrition-service"',
+        "aud": '"attrition-api"',
+        "iat": str(now),
+        "nbf": str(now),
+        "exp": str(now + 600),
+        **fields,
+    }
+    return "{" + ", ".join(f'"{k}": {v}' for k, v in raw.items()) + "}"
+
+
+# Every time claim, every way of not being a JSON number that PyJWT lets through or refuses.
+NOT_NUMBERS = ['"{t}"', '"{t}.5"', "true", "false", "[{t}]", '{{"t": {t}}}', "NaN", "Infinity"]
+TIME_CASES = [(claim, bad) for claim in ("exp", "iat", "nbf") for bad in NOT_NUMBERS]
+
+
+@pytest.mark.parametrize(("claim", "bad"), TIME_CASES, ids=[f"{c}-{b}" for c, b in TIME_CASES])
+def test_time_claims_must_be_json_numbers(claim: str, bad: str) -> None:
+    settings = Settings(jwt_secret=SECRET).secured()
+    verifier = Verifier(settings)
+    value = int(time.time()) + (600 if claim == "exp" else -10)
+    token = signed(payload(**{claim: bad.format(t=value)}))
+    for _ in range(3):  # the same answer every time: nothing half-accepted stays in the cache
+        with pytest.raises(TokenError):
+            verifier.decode(token)
+
+
+def test_fractional_time_claims_are_numbers_too() -> None:
+    settings = Settings(jwt_secret=SECRET).secured()
+    now = time.time()
+    token = signed(payload(iat=str(now), nbf=str(now), exp=str(now + 600.5)))
+    verifier = Verifier(settings)
+    assert verifier.decode(token).exp == pytest.approx(now + 600.5)
+    assert verifier.decode(token).sub == "amy"  # the cached path
+
+
+BAD_SUBJECTS = {
+    "empty": '""',
+    "number": "42",
+    "list": '["amy"]',
+    "object": '{"name": "amy"}',
+    "null": "null",
+    "nul": '"amy\\u0000"',
+    "control": '"a\\u0001b"',
+    "newline": '"amy\\nadmin"',
+    "delete": '"a\\u007fb"',
+    "c1_control": '"a\\u0085b"',
+    "lone_high_surrogate": '"a\\ud800b"',
+    "lone_low_surrogate": '"\\udc00"',
+    "too_long": '"' + "a" * 256 + '"',
+}
+
+
+@pytest.mark.parametrize("case", BAD_SUBJECTS, ids=list(BAD_SUBJECTS))
+def test_subject_must_be_a_plain_bounded_string(case: str) -> None:
+    settings = Settings(jwt_secret=SECRET).secured()
+    with pytest.raises(TokenError, match="'sub'"):
+        Verifier(settings).decode(signed(payload(sub=BAD_SUBJECTS[case])))
+
+
+def test_longest_allowed_subject_is_accepted() -> None:
+    settings = Settings(jwt_secret=SECRET).secured()
+    assert Verifier(settings).decode(signed(payload(sub='"' + "a" * 255 + '"'))).sub == "a" * 255
+
+
+HOSTILE_ALGS = ['"HS256\\" , error=\\"x"', '"' + "A" * 5000 + '"', '["HS256"]', '"none"', "null"]
+
+
+@pytest.mark.parametrize("alg", HOSTILE_ALGS, ids=["quotes", "long", "list", "none", "null"])
+def test_error_messages_never_carry_token_content(alg: str) -> None:
+    settings = Settings(jwt_secret=SECRET).secured()
+    token = signed(payload(), header=('{"alg": ' + alg + ', "typ": "JWT"}').encode())
+    with pytest.raises(TokenError) as refused:
+        Verifier(settings).decode(token)
+    message = str(refused.value)
+    assert len(message) < 80 and '"' not in message and "AAAA" not in message, message

@@ -65,5 +65,8 @@ def test_built_bento_serves_its_packed_model(
 
         want = pipeline.predict_proba(pd.DataFrame([row]))[0, 1]  # type: ignore[attr-defined]
         assert abs(r.json()["probability"] - want) <= 1e-9
+        # The HTTP limits come with the Bento (as in its container), not from this checkout.
+        big = httpx.get(f"{srv.url}/livez", headers={"X-Big": "a" * 40_000}, timeout=30)
+        assert big.status_code == 431
     finally:
         srv.stop()
