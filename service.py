@@ -630,6 +630,8 @@ async def model_card(
         "threshold_rule": meta.get("threshold_rule"),
         "metrics": {"cv": meta.get("cv"), "test": meta.get("test")},
         "data_sha256": meta.get("data_sha256"),
+        "explanation": meta.get("explanation"),
+        "regularisation": meta.get("regularisation"),
         "trained_at": meta.get("trained_at"),
         "versions": meta.get("versions"),
         "feature_schema": Employee.model_json_schema(),

@@ -63,9 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         if log.empty:
             log = empty_log()
         outcomes = read_outcomes(engine=engine, inference_ids=list(log["id"]))
+        read_seconds = time.perf_counter() - started
         report = build(log=log, outcomes=outcomes, reference=reference, since=since, until=until)
         summary = report.summary()
-        summary["seconds_total"] = round(time.perf_counter() - started, 2)
+        summary["seconds_read"] = round(read_seconds, 2)
         args.out.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         html_path = args.out / f"monitoring-{stamp}.html"

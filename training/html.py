@@ -15,7 +15,6 @@ th:first-child, td:first-child { text-align: left; }
 th { background: #f3f3f3; }
 .flag { color: #b00020; font-weight: 600; } .ok { color: #1b7f3b; }
 .note { color: #555; font-size: .9em; } img { max-width: 100%; }
-.grid { display: flex; flex-wrap: wrap; gap: 1em; } .grid img { width: 520px; }
 """
 
 

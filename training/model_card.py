@@ -127,13 +127,16 @@ any person. Gender, age and marital status are model inputs; the monitoring repo
 selection rates by these groups (four-fifths rule) on live predictions.</p>
 <h2>Cross-validation ({html.escape(meta['cv_scheme'])}, F1 at 0.5)</h2>
 {table(["model", "ROC-AUC", "PR-AUC", "F1", "Brier"], cv_rows)}
+<p class="note">Regularisation: {html.escape(str(meta.get('regularisation', {}).get('rule', 'fixed')))};
+chosen C = {meta.get('regularisation', {}).get('chosen_C')}. The cross-validation above includes that
+choice (nested CV).</p>
 {search_html}
 <h2>Held-out test ({t['n']} rows, threshold {result.threshold:.2f})</h2>
 {table(["ROC-AUC", "PR-AUC", "F1", "precision", "recall", "Brier", "confusion [[TN, FP], [FN, TP]]"],
        [[t['roc_auc'], t['pr_auc'], t['f1'], t['precision'], t['recall'], t['brier'], t['confusion_matrix']]])}
 <p class="note">Threshold rule: {html.escape(meta['threshold_rule'])}.</p>
 <h2>Curves</h2>
-<div class="grid">{roc_pr_plots(best, y)}{calibration_and_threshold_plots(y, best.oof, result.threshold)}</div>
+{roc_pr_plots(best, y)}{calibration_and_threshold_plots(y, best.oof, result.threshold)}
 <h2>What drives the score</h2>
 {importance_plots(result, x_train)}
 <p class="note">Explanations served with <code>explain=true</code>: {html.escape(str(explanation.get('description', explanation.get('note'))))}.
