@@ -39,9 +39,8 @@ from persistence.reports import latest_report
 from settings import get_settings
 from training.explain import (
     DEFAULT_TOP_K,
-    ONNX_TRANSFORMED,
     Explanation,
-    explain_matrix,
+    explain_features,
     explain_session,
     top_drivers,
 )
@@ -254,16 +253,9 @@ class AttritionModel:
         if self.explainer is None:
             raise ValueError(f"{MODEL_TAG} has no exact explainer")
         self.batch_sizes.observe(len(features))
-        if self.explain_onnx is not None:
-            p, transformed = self.explain_onnx.run(
-                ["probabilities", ONNX_TRANSFORMED], feeds_from_matrix(features)
-            )
-            contributions = self.explainer.contributions(transformed)
-            return explain_matrix(p[:, 1], self.explainer.base, contributions)
-        frame = pd.DataFrame(features, columns=list(FEATURES)).infer_objects()
-        contributions = self.explainer.contributions_of(self.pipeline, frame)
-        p = self.pipeline.predict_proba(frame)[:, 1]
-        return explain_matrix(p, self.explainer.base, contributions)
+        return explain_features(
+            self.explainer, features, session=self.explain_onnx, pipeline=self.pipeline
+        )
 
 
 REJECTION_REASONS = {

@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         log = read_log(engine=engine, since=since, until=until, model_tag=reference.model_tag)
         if log.empty:
             log = empty_log()
-        outcomes = read_outcomes(engine=engine, inference_ids=list(log["id"]))
+        outcomes = read_outcomes(
+            engine=engine, since=since, until=until, model_tag=reference.model_tag
+        )
         read_seconds = time.perf_counter() - started
         report = build(log=log, outcomes=outcomes, reference=reference, since=since, until=until)
         summary = report.summary()

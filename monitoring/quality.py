@@ -60,10 +60,10 @@ def quality(
         outside = float((~values.isin(seen)).mean()) if len(log) else 0.0
         current = ("new: " + ", ".join(map(str, new))) if new else "no new values"
         ranges.append(RangeCheck(f, f"{len(seen)} values", current, outside))
-    days = pd.to_datetime(log["created_at"], utc=True).dt.strftime("%Y-%m-%d")
+    days = pd.to_datetime(log["created_at"], utc=True).dt.normalize().value_counts().sort_index()
     return QualityResult(
         rows=len(log),
-        rows_per_day={str(k): int(v) for k, v in days.value_counts().sort_index().items()},
+        rows_per_day={k.strftime("%Y-%m-%d"): int(v) for k, v in days.items()},
         batch_share=float(log["batch_id"].notna().mean()) if len(log) else 0.0,
         routes={str(k): int(v) for k, v in log["route"].value_counts().items()},
         ranges=ranges,

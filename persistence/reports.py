@@ -1,10 +1,11 @@
 """Reading the log for the monitoring report, and keeping the report summaries."""
 
+import json
 from datetime import datetime
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Engine, func
+from sqlalchemy import Engine, Text, cast, func
 from sqlmodel import Session, col, select
 
 from persistence.models import Inference, MonitoringReport, Outcome
@@ -16,40 +17,50 @@ def read_log(
     *, engine: Engine, since: datetime, until: datetime, model_tag: str | None
 ) -> pd.DataFrame:
     """Logged predictions in [since, until), one row each, with the 30 inputs as columns."""
-    query = select(*(getattr(Inference, c) for c in LOG_COLUMNS)).where(
+    columns = [getattr(Inference, c) for c in LOG_COLUMNS if c != "inputs"]
+    # The inputs as JSON text, parsed in one call: decoding 100,000 JSONB values one by one
+    # took about half of the read.
+    query = select(*columns, cast(Inference.inputs, Text)).where(
         col(Inference.created_at) >= since, col(Inference.created_at) < until
     )
     if model_tag is not None:
         query = query.where(Inference.model_tag == model_tag)
     with Session(engine) as session:
         rows = session.exec(query).all()
-    log = pd.DataFrame(rows, columns=list(LOG_COLUMNS))
-    inputs = pd.DataFrame(list(log.pop("inputs")), index=log.index)
-    return pd.concat([log, inputs], axis=1)
+    names = [c for c in LOG_COLUMNS if c != "inputs"]
+    log = pd.DataFrame([r[:-1] for r in rows], columns=names)
+    inputs = pd.DataFrame.from_records(json.loads("[" + ",".join(r[-1] for r in rows) + "]"))
+    return pd.concat([log, inputs.set_axis(log.index)], axis=1)
 
 
-def read_outcomes(*, engine: Engine, inference_ids: list[Any]) -> pd.DataFrame:
-    """The current outcome (highest revision) of each of these predictions that has one."""
-    if not inference_ids:
-        return pd.DataFrame(columns=["inference_id", "outcome", "observed_at"])
+def read_outcomes(
+    *, engine: Engine, since: datetime, until: datetime, model_tag: str | None
+) -> pd.DataFrame:
+    """The current outcome (highest revision) of each prediction of the same window that has one.
+
+    One join in the database: an IN list of the window's ids cost 17 s for 100,000 predictions
+    (binding 10,000 parameters per statement), the join well under one.
+    """
     latest = (
         select(Outcome.inference_id, func.max(Outcome.revision).label("revision"))
         .group_by(col(Outcome.inference_id))
         .subquery()
     )
-    query = select(Outcome.inference_id, Outcome.outcome, Outcome.observed_at).join(
-        latest,
-        (col(Outcome.inference_id) == latest.c.inference_id)
-        & (col(Outcome.revision) == latest.c.revision),
+    query = (
+        select(Outcome.inference_id, Outcome.outcome, Outcome.observed_at)
+        .join(
+            latest,
+            (col(Outcome.inference_id) == latest.c.inference_id)
+            & (col(Outcome.revision) == latest.c.revision),
+        )
+        .join(Inference, col(Inference.id) == col(Outcome.inference_id))
+        .where(col(Inference.created_at) >= since, col(Inference.created_at) < until)
     )
-    frames = []
+    if model_tag is not None:
+        query = query.where(Inference.model_tag == model_tag)
     with Session(engine) as session:
-        # Chunked: an IN list of 100,000 ids is past what SQLite binds in one statement.
-        for start in range(0, len(inference_ids), 10_000):
-            chunk = inference_ids[start : start + 10_000]
-            rows = session.exec(query.where(col(Outcome.inference_id).in_(chunk))).all()
-            frames.append(pd.DataFrame(rows, columns=["inference_id", "outcome", "observed_at"]))
-    return pd.concat(frames, ignore_index=True)
+        rows = session.exec(query).all()
+    return pd.DataFrame(rows, columns=["inference_id", "outcome", "observed_at"])
 
 
 def save_report(*, session: Session, model_tag: str, summary: dict[str, Any]) -> MonitoringReport:

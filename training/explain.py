@@ -143,6 +143,23 @@ def explain_matrix(probabilities: np.ndarray, base: float, contributions: np.nda
     return np.column_stack([probabilities, np.full(n, base), contributions])
 
 
+def explain_features(
+    explainer: LinearExplainer, features: np.ndarray, *, session: Any, pipeline: Pipeline
+) -> np.ndarray:
+    """`explain_matrix` of an (n, len(FEATURES)) object matrix (`schema.feature_matrix`): from
+    one run of the ONNX `explain_session` when there is one, else with scikit-learn."""
+    from training.onnx_export import feeds_from_matrix
+
+    if session is not None:
+        p, transformed = session.run(
+            ["probabilities", ONNX_TRANSFORMED], feeds_from_matrix(features)
+        )
+        return explain_matrix(p[:, 1], explainer.base, explainer.contributions(transformed))
+    frame = pd.DataFrame(features, columns=list(FEATURES)).infer_objects()
+    p = pipeline.predict_proba(frame)[:, 1]
+    return explain_matrix(p, explainer.base, explainer.contributions_of(pipeline, frame))
+
+
 def top_drivers(row: np.ndarray, values: tuple[Any, ...], k: int) -> Explanation:
     """An Explanation from one row of `explain_matrix` and the employee's feature values."""
     base, contributions = float(row[1]), row[2:]

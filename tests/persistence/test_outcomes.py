@@ -10,10 +10,21 @@ from sqlmodel import Session
 from persistence.db import make_engine
 from persistence.models import Inference
 from persistence.outcomes import OutcomeIn, OutcomesRefused, record_outcomes
-from persistence.reports import read_outcomes
+from persistence.reports import read_outcomes as read_window_outcomes
 
 NOW = datetime(2027, 3, 1, tzinfo=UTC)
 PREDICTED = NOW - timedelta(days=90)
+
+
+def read_outcomes(*, engine, inference_ids):  # type: ignore[no-untyped-def]
+    """Current outcomes of these predictions (all made at PREDICTED)."""
+    frame = read_window_outcomes(
+        engine=engine,
+        since=PREDICTED,
+        until=PREDICTED + timedelta(seconds=1),
+        model_tag="attrition:test",
+    )
+    return frame[frame["inference_id"].isin(inference_ids)]
 
 
 @pytest.fixture()
