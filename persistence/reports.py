@@ -20,7 +20,7 @@ def read_log(
     columns = [getattr(Inference, c) for c in LOG_COLUMNS if c != "inputs"]
     # The inputs as JSON text, parsed in one call: decoding 100,000 JSONB values one by one
     # took about half of the read.
-    query = select(*columns, cast(Inference.inputs, Text)).where(
+    query = select(*columns, cast(Inference.inputs, Text)).where(  # type: ignore[call-overload]
         col(Inference.created_at) >= since, col(Inference.created_at) < until
     )
     if model_tag is not None:
