@@ -56,8 +56,8 @@ class DriftResult:
         return {
             "share_drifted": self.share_drifted,
             "drifted_features": self.drifted,
-            "rule": f"p < {self.corrected_alpha:.2e} (alpha {self.alpha} / {len(self.features)} "
-            f"features) and PSI >= {self.psi_threshold}",
+            "rule": f"p < {self.corrected_alpha:.2e} (alpha {self.alpha} / "
+            f"{round(self.alpha / self.corrected_alpha)} features) and PSI >= {self.psi_threshold}",
             "n_reference": self.n_reference,
             "n_current": self.n_current,
             "probability": asdict(self.probability) if self.probability else None,

@@ -14,6 +14,9 @@ from persistence.models import Inference, Outcome
 
 # Clock skew tolerated between the HR system and this service for "not in the future".
 CLOCK_SKEW = timedelta(seconds=60)
+# HR systems often know only the day something happened: an observation dated up to a day
+# before the prediction is taken as that day; earlier ones cannot be about this prediction.
+BEFORE_PREDICTION = timedelta(days=1)
 MAX_OUTCOMES = 1000
 
 
@@ -24,7 +27,7 @@ class OutcomeIn(BaseModel):
     outcome: Literal["left", "stayed"] = Field(description="What became of the employee.")
     observed_at: AwareDatetime = Field(
         description="When it was observed (ISO 8601 with offset); not in the future, not "
-        "before the prediction."
+        "more than a day before the prediction."
     )
     correction: bool = Field(
         default=False,
@@ -97,8 +100,8 @@ def record_outcomes(
             continue
         if item.observed_at > now + CLOCK_SKEW:
             problems.append(Problem(422, (*loc, "observed_at"), "is in the future", "future"))
-        elif item.observed_at < inference.created_at:
-            msg = f"precedes the prediction ({inference.created_at.isoformat()})"
+        elif item.observed_at < inference.created_at - BEFORE_PREDICTION:
+            msg = f"is more than a day before the prediction ({inference.created_at.isoformat()})"
             problems.append(Problem(422, (*loc, "observed_at"), msg, "before_prediction"))
         previous = latest.get(item.inference_id)
         if previous is not None and not item.correction:

@@ -105,8 +105,10 @@ def column_features(preprocess: Any) -> list[str]:
             for i, feature in enumerate(columns):
                 dropped = drops is not None and drops[i] is not None
                 owners += [feature] * (len(transformer.categories_[i]) - int(dropped))
-        elif hasattr(transformer, "n_bins_"):  # KBinsDiscretizer one-hot: bins may collapse
-            for feature, n in zip(columns, transformer.n_bins_, strict=True):
+        elif hasattr(transformer, "n_bins_") or hasattr(transformer, "feature_widths_"):
+            # KBinsDiscretizer one-hot (bins may collapse) and bases with a width per feature.
+            widths = getattr(transformer, "feature_widths_", None)
+            for feature, n in zip(columns, widths or transformer.n_bins_, strict=True):
                 owners += [feature] * int(n)
         elif width % len(columns) == 0:  # scalers and ranks: 1 column each (bases: k each)
             owners += [f for f in columns for _ in range(width // len(columns))]

@@ -10,8 +10,10 @@ within 1e-6 and still has exact explanations.
 import argparse
 import sys
 import warnings
+from typing import Any
 
 import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.compose import ColumnTransformer
 from sklearn.model_selection import RepeatedStratifiedKFold, cross_val_score, train_test_split
 from sklearn.preprocessing import KBinsDiscretizer, OneHotEncoder, SplineTransformer
@@ -26,6 +28,31 @@ SKEWED = (
     "MonthlyIncome", "DistanceFromHome", "TotalWorkingYears", "YearsAtCompany",
     "YearsInCurrentRole", "YearsSinceLastPromotion", "YearsWithCurrManager", "NumCompaniesWorked",
 )  # fmt: skip
+
+
+class Hinges(TransformerMixin, BaseEstimator):  # type: ignore[misc]
+    """max(0, x - knot) / sd(x) at each inner quartile: piecewise-linear terms."""
+
+    def __init__(self, n_knots: int = 3) -> None:
+        self.n_knots = n_knots
+
+    def fit(self, x: Any, y: Any = None) -> "Hinges":
+        x = np.asarray(x, float)
+        inner = np.linspace(0, 1, self.n_knots + 2)[1:-1]
+        self.knots_ = [np.unique(np.quantile(x[:, j], inner)) for j in range(x.shape[1])]
+        self.feature_widths_ = [len(k) for k in self.knots_]
+        self.scale_ = x.std(axis=0) + 1e-12
+        return self
+
+    def transform(self, x: Any) -> np.ndarray:
+        x = np.asarray(x, float)
+        return np.column_stack(
+            [np.maximum(0, x[:, [j]] - k) / self.scale_[j] for j, k in enumerate(self.knots_)]
+        )
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        names = zip(input_features, self.knots_, strict=True)
+        return np.array([f"{f}_hinge{i}" for f, k in names for i in range(len(k))])
 
 
 def variant(name: str) -> ColumnTransformer:
@@ -47,12 +74,16 @@ def variant(name: str) -> ColumnTransformer:
         steps.append(("bins", bins, list(SKEWED)))
     elif name == "splines":  # smooth non-linear terms of the same
         steps.append(("splines", SplineTransformer(n_knots=4, degree=2), list(SKEWED)))
+    elif name == "linear splines":
+        steps.append(("splines", SplineTransformer(n_knots=4, degree=1), list(SKEWED)))
+    elif name == "hinges":  # what splines do, in ops an ONNX converter could express
+        steps.append(("hinges", Hinges(), list(SKEWED)))
     else:
         raise ValueError(name)
     return ColumnTransformer(steps, verbose_feature_names_out=False)
 
 
-VARIANTS = ("shipped", "ordinal one-hot", "quartile bins", "splines")
+VARIANTS = ("shipped", "ordinal one-hot", "quartile bins", "splines", "linear splines", "hinges")
 
 
 def main(argv: list[str] | None = None) -> int:

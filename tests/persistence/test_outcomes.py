@@ -98,12 +98,15 @@ def test_admin_may_attach_to_anyones(engine) -> None:  # type: ignore[no-untyped
 def test_future_and_before_prediction_are_refused(engine) -> None:  # type: ignore[no-untyped-def]
     with Session(engine) as session:
         a, b = inference(session, "hr"), inference(session, "hr")
-        err = refused(session, [item(a, days_after=91), item(b, days_after=-1)])
+        err = refused(session, [item(a, days_after=91), item(b, days_after=-2)])
         assert err.status == 422
         assert [(p.loc, p.type) for p in err.problems] == [
             (("outcomes", 0, "observed_at"), "future"),
             (("outcomes", 1, "observed_at"), "before_prediction"),
         ]
+        # The same day as the prediction, written without the time of day: accepted.
+        day = PREDICTED.replace(hour=0, minute=0, second=0, microsecond=0)
+        assert post(session, [item(a, observed_at=day.isoformat())])
 
 
 def test_duplicate_needs_a_correction_which_adds_a_revision(engine) -> None:  # type: ignore[no-untyped-def]
