@@ -70,7 +70,11 @@ class InferenceBase(SQLModel):
     latency_ms: float
     drivers: dict[str, Any] | None = Field(
         default=None,
-        sa_column=Column(JSON().with_variant(JSONB(), "postgresql"), nullable=True),
+        # none_as_null: a prediction without drivers has SQL NULL there, not JSON 'null'.
+        sa_column=Column(
+            JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql"),
+            nullable=True,
+        ),
         description="The explanation returned with the prediction, when it was asked for.",
     )
 
