@@ -48,7 +48,7 @@ from training.onnx_export import feeds_from_matrix
 from training.onnx_export import session as onnx_session
 from training.schema import FEATURES, Employee, feature_matrix
 from training.whatif import (
-    Outcome,
+    Answer,
     ScenarioResult,
     WhatIfRequest,
     WhatIfResponse,
@@ -554,7 +554,7 @@ class AttritionService:
             request_id=request_id,
             threshold=self.threshold,
             model_tag=MODEL_TAG,
-            baseline=Outcome(
+            baseline=Answer(
                 probability=base_p, label=label(base_p, self.threshold), explanation=explained[0]
             ),
             scenarios=[

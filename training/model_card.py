@@ -107,16 +107,6 @@ def render(result: "TrainingResult", x_train: pd.DataFrame, y_train: pd.Series) 
     ]
     t = meta["test"]
     explanation = meta.get("explanation", {})
-    search = meta.get("model_search")
-    search_html = ""
-    if search:
-        search_html = "<h2>Model search (nested cross-validation)</h2>" + table(
-            ["variant", "nested CV ROC-AUC", "kept"],
-            [
-                [v["variant"], Markup(f"{v['mean']:.3f} ± {v['std']:.3f}"), v["kept"]]
-                for v in search
-            ],
-        )
     body = f"""
 <p>Employee attrition risk, {html.escape(str(meta['model_family']))}, trained
 {html.escape(str(meta['trained_at']))} on {meta['n_train']} of {meta['n_rows']} rows of
@@ -129,8 +119,7 @@ selection rates by these groups (four-fifths rule) on live predictions.</p>
 {table(["model", "ROC-AUC", "PR-AUC", "F1", "Brier"], cv_rows)}
 <p class="note">Regularisation: {html.escape(str(meta.get('regularisation', {}).get('rule', 'fixed')))};
 chosen C = {meta.get('regularisation', {}).get('chosen_C')}. The cross-validation above includes that
-choice (nested CV).</p>
-{search_html}
+choice (nested CV). Variants tried: <code>python -m training.search</code>.</p>
 <h2>Held-out test ({t['n']} rows, threshold {result.threshold:.2f})</h2>
 {table(["ROC-AUC", "PR-AUC", "F1", "precision", "recall", "Brier", "confusion [[TN, FP], [FN, TP]]"],
        [[t['roc_auc'], t['pr_auc'], t['f1'], t['precision'], t['recall'], t['brier'], t['confusion_matrix']]])}

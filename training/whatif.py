@@ -33,13 +33,15 @@ class WhatIfRequest(BaseModel):
     )
 
 
-class Outcome(BaseModel):
+class Answer(BaseModel):
+    """The model's answer for one employee of a what-if request."""
+
     probability: float = Field(ge=0, le=1)
     label: str
     explanation: Explanation
 
 
-class ScenarioResult(Outcome):
+class ScenarioResult(Answer):
     index: int = Field(description="Position of the scenario in the request.")
     name: str | None
     changes: dict[str, Any]
@@ -50,7 +52,7 @@ class WhatIfResponse(BaseModel):
     request_id: str
     threshold: float
     model_tag: str
-    baseline: Outcome
+    baseline: Answer
     scenarios: list[ScenarioResult]
 
 
