@@ -18,7 +18,7 @@ import pandas as pd
 from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlmodel import Session
 
 from auth.middleware import JWTAuthMiddleware, error_body, send_json
@@ -582,7 +582,7 @@ class AttritionService:
                 with Session(self.engine) as session:
                     report = latest_report(session=session)
                 self._report = (report.created_at, report.summary) if report else None
-            except OperationalError as exc:
+            except SQLAlchemyError as exc:  # never fail the scrape of everything else
                 logger.warning("cannot read the last monitoring report: %s", exc)
             self._report_read_at = now
         return content + monitoring_gauges(self._report, datetime.now(UTC))
