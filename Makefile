@@ -11,7 +11,7 @@ PORT ?= 3000
 # Tests use their own model store so they never touch (or depend on) yours.
 TEST_BENTOML_HOME ?= $(CURDIR)/build/bentoml-test
 
-.PHONY: help install train model migrate serve test test-fast lint build bench loadtest clean
+.PHONY: help install train model migrate serve test test-fast lint build bench loadtest report clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev,monitoring]"
 	touch $@
 
 install: $(VENV)/.installed ## Create .venv and install the pinned dependencies
@@ -61,6 +61,10 @@ BENCH_ARGS ?=
 bench: model ## Side-by-side wrk benchmark (full service, batching off, no-op ceiling) -> reports/
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(BIN)/python -m loadtests.bench --batch-seconds 15 $(BENCH_ARGS)
+
+REPORT_ARGS ?=
+report: install ## Monitoring report of the inference log -> reports/monitoring (REPORT_ARGS="--since ...")
+	BENTOML_DO_NOT_TRACK=true $(BIN)/python -m monitoring report $(REPORT_ARGS)
 
 clean: ## Remove the venv, build output and local data
 	rm -rf $(VENV) build reports data .pytest_cache .ruff_cache .mypy_cache

@@ -8,6 +8,7 @@ import uuid
 from collections import deque
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl
 
 import aiohttp
 import anyio
@@ -16,9 +17,9 @@ import numpy as np
 import pandas as pd
 from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy.exc import OperationalError
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlmodel import Session
 
 from auth import http
@@ -28,18 +29,38 @@ from auth.middleware import JWTAuthMiddleware
 from persistence.db import make_engine, upgrade
 from persistence.history import BadCursor, FilterText, FilterTime, get_inference, list_inferences
 from persistence.inference_log import InferenceLog, Record, Spool, make_sink
-from persistence.metrics import log_metrics, runner_batch_histogram
+from persistence.metrics import log_metrics, monitoring_gauges, runner_batch_histogram
 from persistence.models import USERNAME_MAX_LENGTH, USERNAME_PATTERN, InferencePublic
+from persistence.outcomes import OutcomesIn, OutcomesRefused, record_outcomes
+from persistence.reports import latest_report
 from settings import get_settings
+from training.explain import (
+    DEFAULT_TOP_K,
+    Explanation,
+    explain_features,
+    explain_session,
+    top_drivers,
+)
 from training.onnx_export import feeds_from_matrix
 from training.onnx_export import session as onnx_session
 from training.schema import FEATURES, Employee, feature_matrix
+from training.whatif import (
+    Answer,
+    ScenarioResult,
+    WhatIfRequest,
+    WhatIfResponse,
+    relocate,
+    scenario_employees,
+)
 
 settings = get_settings()
 logger = logging.getLogger("attrition.service")
 # Resolve "name:latest" once, so the runner and the entry service serve the same version.
 MODEL_TAG = str(bentoml.models.get(settings.model_tag).tag)
 
+
+# The monitoring report runs daily or so; re-reading it on every scrape would be wasted queries.
+MONITORING_CACHE_SECONDS = 30
 
 # Allocations between young-generation collections (CPython's default is 700). A request
 # allocates a few hundred tracked objects that die with it, so the default collected on nearly
@@ -123,12 +144,33 @@ class Prediction(BaseModel):
     label: Literal["Yes", "No"] = Field(description="'Yes' when probability >= threshold.")
     threshold: float = Field(description="Decision threshold of the model.")
     model_tag: str = Field(description="Model that made the prediction.")
+    explanation: Explanation | None = Field(
+        default=None, description="Risk drivers; only with ?explain=true."
+    )
 
 
 class BatchItem(BaseModel):
     index: int = Field(description="Position of the employee in the request.")
     probability: float = Field(ge=0, le=1)
     label: Literal["Yes", "No"]
+    explanation: Explanation | None = Field(default=None, description="With ?explain=true.")
+
+
+class ExplainQuery(BaseModel):
+    """Query parameters of the prediction routes."""
+
+    model_config = ConfigDict(extra="forbid")
+    explain: bool = False
+    top_k: int = Field(default=DEFAULT_TOP_K, ge=1, le=len(FEATURES))
+
+
+EXPLAIN_DOC = """
+
+Query parameters (BentoML 1.4 cannot declare them in this document): `explain=true` adds
+`explanation` to each answer: the `top_k` (default 5, at most 30) features with the largest
+signed contributions to the log-odds, the base value, and `other`, the sum of the rest, with
+base_value + sum(contributions) + other == logit(probability). The explanation is also stored
+with the prediction in the log. Without `explain` the route takes its fast path."""
 
 
 class BatchRequest(BaseModel):
@@ -165,6 +207,12 @@ class AttritionModel:
             else None
         )
         logger.info("runner scores with %s", "ONNX Runtime" if self.onnx else "scikit-learn")
+        self.explainer = self.model_ref.custom_objects.get("explainer")
+        verified = self.model_ref.info.metadata.get("explanation", {}).get("onnx_verified")
+        # The same graph with the preprocessed matrix as a second output (checked at training).
+        self.explain_onnx = (
+            explain_session(onnx_model) if self.onnx is not None and verified else None
+        )
         self.batch_sizes = runner_batch_histogram()
         freeze_heap()
 
@@ -191,10 +239,26 @@ class AttritionModel:
         frame = pd.DataFrame(features, columns=list(FEATURES)).infer_objects()
         return self.pipeline.predict_proba(frame)[:, 1]
 
+    @bentoml.api(
+        batchable=settings.runner_batching,
+        max_batch_size=settings.runner_max_batch_size,
+        max_latency_ms=settings.runner_max_latency_ms,
+    )
+    async def explain(self, features: np.ndarray) -> np.ndarray:
+        """Per row of `features` (as in predict_proba): [probability, base value, the
+        contribution of each of the FEATURES to the log-odds], from one run of the model."""
+        if self.explainer is None:
+            raise ValueError(f"{MODEL_TAG} has no exact explainer")
+        self.batch_sizes.observe(len(features))
+        return explain_features(
+            self.explainer, features, session=self.explain_onnx, pipeline=self.pipeline
+        )
+
 
 # BentoML works out a root-typed output's media type by building its JSON schema on every
 # response (10% of the runner's CPU under load); naming it skips that.
 AttritionModel.apis["predict_proba"].output_spec.media_type = "application/json"  # type: ignore[attr-defined]
+AttritionModel.apis["explain"].output_spec.media_type = "application/json"  # type: ignore[attr-defined]
 
 api = FastAPI(title="Attrition service: status and auth", docs_url=None, redoc_url=None)
 # Header size and read-time limits in every worker's uvicorn, /metrics by route, 400 for bad input.
@@ -229,6 +293,14 @@ class AttritionService:
         self.coalescer = Coalescer(
             self._score, max_items=settings.runner_max_batch_size, lanes=settings.entry_batch_lanes
         )
+        self.explain_coalescer = Coalescer(
+            self._explain_rows,
+            max_items=settings.runner_max_batch_size,
+            lanes=settings.entry_batch_lanes,
+        )
+        self.explainable = self.metadata.get("explanation", {}).get("method") is not None
+        self._report: tuple[datetime, dict[str, Any]] | None = None
+        self._report_read_at = -float("inf")
         self.log: InferenceLog | None = None
         if settings.log_enabled:
             self.log = InferenceLog(
@@ -270,13 +342,64 @@ class AttritionService:
             result = await self.model.to_async.predict_proba(features)
         return [float(p) for p in result]
 
+    async def _explain_rows(self, employees: list[Employee]) -> list[np.ndarray]:
+        features = feature_matrix(employees)
+        try:
+            return list(await self.model.to_async.explain(features))
+        except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError):
+            return list(await self.model.to_async.explain(features))  # see _score
+
+    async def _explain(
+        self, employees: list[Employee], top_k: int
+    ) -> tuple[list[float], list[Explanation]]:
+        """Probabilities and explanations; equal employees are scored once, so they (e.g. an
+        empty what-if scenario and its baseline) get exactly the same answer."""
+        unique = list(dict.fromkeys(employees))
+        rows: list[Any]  # explain_matrix rows (the coalescer slices without looking)
+        if settings.runner_batching:
+            rows = await self.explain_coalescer.score(unique)
+        else:
+            rows = await self._explain_rows(unique)
+        by_employee: dict[Employee, Any] = dict(zip(unique, rows, strict=True))
+        matrix = [by_employee[e] for e in employees]
+        explanations = [
+            top_drivers(row, tuple(e.model_dump().values()), top_k)
+            for e, row in zip(employees, matrix, strict=True)
+        ]
+        return [float(row[0]) for row in matrix], explanations
+
+    def top_k(self, ctx: bentoml.Context) -> int | None:
+        """The `explain` query: None for a plain prediction (the fast path), else top_k."""
+        raw = ctx.request.scope.get("query_string", b"")
+        if not raw:
+            return None
+        try:
+            query = ExplainQuery.model_validate(dict(parse_qsl(raw.decode("latin-1"))))
+        except ValidationError as exc:
+            raise ValidationError.from_exception_data("query", relocate(exc, "query")) from None
+        if query.explain and not self.explainable:
+            raise ValidationError.from_exception_data("query", [{
+                "type": "value_error", "loc": ("query", "explain"), "input": "true",
+                "ctx": {"error": ValueError(f"{MODEL_TAG} has no exact explainer")},
+            }])  # fmt: skip
+        return query.top_k if query.explain else None
+
     async def _infer(
-        self, employees: list[Employee], ctx: bentoml.Context, *, batch: bool
-    ) -> tuple[str, list[float]]:
-        """The one path every prediction takes: score, then hand one record per row to the log."""
+        self,
+        employees: list[Employee],
+        ctx: bentoml.Context,
+        *,
+        batch: bool,
+        top_k: int | None = None,
+    ) -> tuple[str, list[float], list[Explanation] | None]:
+        """The one path every prediction takes: score (and explain, when asked), then hand one
+        record per row to the log."""
         started = time.perf_counter()
         request_id = uuid.uuid4()
-        if settings.runner_batching:
+        explanations = None
+        if top_k is not None:
+            probs, explanations = await self._explain(employees, top_k)
+        elif settings.runner_batching:
             probs = await self.coalescer.score(employees)
         else:
             probs = await self._score(employees)
@@ -292,46 +415,111 @@ class AttritionService:
             else:
                 ids = [str(request_id)]
             batch_id = str(request_id) if batch else None
+            drivers = [e.model_dump_json() for e in explanations] if explanations else None
             records = [
                 Record(record_id, created_at, subject, route, MODEL_TAG, batch_id,
                        i if batch else None, employee.model_dump_json(), p,
-                       label(p, threshold), threshold, latency_ms)
+                       label(p, threshold), threshold, latency_ms,
+                       drivers[i] if drivers else None)
                 for i, (record_id, employee, p) in enumerate(zip(ids, employees, probs, strict=True))
             ]  # fmt: skip
             overflow = self.log.submit(records)
             if overflow:  # buffer full: keep them on disk before answering
                 await anyio.to_thread.run_sync(self.log.overflow, overflow)
         ctx.response.headers["X-Request-ID"] = str(request_id)
-        return str(request_id), probs
+        return str(request_id), probs, explanations
 
     @bentoml.api(route="/predict/attrition")
     async def predict(self, employee: Employee, /, ctx: bentoml.Context) -> Prediction:
         """Attrition risk of one employee."""
-        request_id, [p] = await self._infer([employee], ctx, batch=False)
+        request_id, [p], explained = await self._infer(
+            [employee], ctx, batch=False, top_k=self.top_k(ctx)
+        )
         return Prediction(
             request_id=request_id,
             probability=p,
             label=label(p, self.threshold),
             threshold=self.threshold,
             model_tag=MODEL_TAG,
+            explanation=explained[0] if explained else None,
         )
 
     @bentoml.api(route="/predict/attrition/batch")
     async def predict_batch(self, batch: BatchRequest, /, ctx: bentoml.Context) -> BatchPrediction:
         """Attrition risk of up to ATTRITION_MAX_BATCH_SIZE employees, in request order."""
-        request_id, probs = await self._infer(batch.employees, ctx, batch=True)
+        request_id, probs, explained = await self._infer(
+            batch.employees, ctx, batch=True, top_k=self.top_k(ctx)
+        )
         return BatchPrediction(
             request_id=request_id,
             threshold=self.threshold,
             model_tag=MODEL_TAG,
             predictions=[
-                BatchItem(index=i, probability=p, label=label(p, self.threshold))
+                BatchItem(
+                    index=i,
+                    probability=p,
+                    label=label(p, self.threshold),
+                    explanation=explained[i] if explained else None,
+                )
                 for i, p in enumerate(probs)
             ],
         )
 
+    @bentoml.api(route="/predict/attrition/what-if")
+    async def what_if(self, request: WhatIfRequest, /, ctx: bentoml.Context) -> WhatIfResponse:
+        """One employee and up to 50 scenarios of changed fields (each checked against the
+        employee contract, consistency rules included): the probability, label, change from
+        the baseline and top drivers of each. Logged like a batch: the baseline at position 0,
+        scenario i at position i + 1."""
+        if not self.explainable:
+            raise bentoml.exceptions.InvalidArgument(f"{MODEL_TAG} has no exact explainer")
+        employees = [request.employee, *scenario_employees(request)]
+        request_id, probs, explained = await self._infer(
+            employees, ctx, batch=True, top_k=request.top_k
+        )
+        assert explained is not None
+        base_p = probs[0]
+        return WhatIfResponse(
+            request_id=request_id,
+            threshold=self.threshold,
+            model_tag=MODEL_TAG,
+            baseline=Answer(
+                probability=base_p, label=label(base_p, self.threshold), explanation=explained[0]
+            ),
+            scenarios=[
+                ScenarioResult(
+                    index=i,
+                    name=scenario.name,
+                    changes=scenario.changes,
+                    probability=p,
+                    label=label(p, self.threshold),
+                    change=p - base_p,
+                    explanation=e,
+                )
+                for i, (scenario, p, e) in enumerate(
+                    zip(request.scenarios, probs[1:], explained[1:], strict=True)
+                )
+            ],
+        )
+
+    def __metrics__(self, content: str) -> str:
+        """BentoML's metrics plus gauges from the last monitoring report (read at most every
+        MONITORING_CACHE_SECONDS; the report's age is computed at each scrape)."""
+        now = time.monotonic()
+        if now - self._report_read_at > MONITORING_CACHE_SECONDS:
+            try:
+                with Session(self.engine) as session:
+                    report = latest_report(session=session)
+                self._report = (report.created_at, report.summary) if report else None
+            except SQLAlchemyError as exc:  # never fail the scrape of everything else
+                logger.warning("cannot read the last monitoring report: %s", exc)
+            self._report_read_at = now
+        return content + monitoring_gauges(self._report, datetime.now(UTC))
+
 
 # The decorators turned the classes into bentoml Service objects, which mypy cannot see.
+for _route in ("predict", "predict_batch"):  # the query parameters, in each route's description
+    AttritionService.apis[_route].doc += EXPLAIN_DOC  # type: ignore[attr-defined]
 AttritionService.add_asgi_middleware(RequestGuard, max_bytes=settings.max_body_bytes)  # type: ignore[attr-defined]
 AttritionService.add_asgi_middleware(JWTAuthMiddleware, settings=settings)  # type: ignore[attr-defined]
 
@@ -363,6 +551,8 @@ async def model_card(
         "threshold_rule": meta.get("threshold_rule"),
         "metrics": {"cv": meta.get("cv"), "test": meta.get("test")},
         "data_sha256": meta.get("data_sha256"),
+        "explanation": meta.get("explanation"),
+        "regularisation": meta.get("regularisation"),
         "trained_at": meta.get("trained_at"),
         "versions": meta.get("versions"),
         "feature_schema": Employee.model_json_schema(),
@@ -439,6 +629,78 @@ def history_item(
     if item is None or (who is not None and not who.is_admin and item.subject != who.subject):
         raise HTTPException(404, "no such inference")
     return InferencePublic.model_validate(item)
+
+
+class RecordedOutcome(BaseModel):
+    id: uuid.UUID
+    inference_id: uuid.UUID
+    revision: int = Field(description="0 for the first outcome; each correction adds 1.")
+    outcome: Literal["left", "stayed"]
+    observed_at: datetime
+    recorded_at: datetime
+
+
+class RecordedOutcomes(BaseModel):
+    recorded: list[RecordedOutcome]
+
+
+@api.post(
+    "/outcomes",
+    status_code=201,
+    response_model=RecordedOutcomes,
+    responses={404: {}, 409: {}, 422: {}},
+)
+def post_outcomes(
+    request: Request,
+    body: OutcomesIn,
+    svc: AttritionService = Depends(bentoml.get_current_service),
+) -> Any:
+    """What became of scored employees (role `outcomes`): all recorded, or none.
+
+    404 for an id that is unknown or another caller's (admins may use any), 409 for an outcome
+    already recorded (send `correction: true` to replace it; the history is kept), 422 for an
+    invalid body, an observation in the future or before the prediction.
+    """
+    who = caller(request)
+    with Session(svc.engine) as session:
+        try:
+            rows = record_outcomes(
+                session=session,
+                outcomes=body.outcomes,
+                subject=who.subject if who else "anonymous",
+                is_admin=who is None or who.is_admin,
+                now=datetime.now(UTC),
+            )
+        except OutcomesRefused as refused:
+            detail = [{"loc": p.loc, "msg": p.msg, "type": p.type} for p in refused.problems]
+            return JSONResponse({"detail": detail}, status_code=refused.status)
+        return RecordedOutcomes(
+            recorded=[RecordedOutcome.model_validate(r, from_attributes=True) for r in rows]
+        )
+
+
+@api.get("/monitoring/latest")
+def monitoring_latest(svc: AttritionService = Depends(bentoml.get_current_service)) -> Any:
+    """The summary of the last monitoring report (admin); 404 before the first report."""
+    with Session(svc.engine) as session:
+        report = latest_report(session=session)
+    if report is None:
+        raise HTTPException(404, "no monitoring report yet; run python -m monitoring report")
+    return {
+        "id": str(report.id),
+        "created_at": report.created_at.isoformat(),
+        "model_tag": report.model_tag,
+        "summary": report.summary,
+    }
+
+
+@api.get("/model/card", response_class=HTMLResponse)
+def model_card_html(svc: AttritionService = Depends(bentoml.get_current_service)) -> Any:
+    """The served model's card (HTML with plots), written when the model was trained."""
+    card = svc.model_ref.custom_objects.get("model_card")
+    if card is None:
+        raise HTTPException(404, f"{MODEL_TAG} was trained without a model card")
+    return HTMLResponse(card, headers={"X-Model-Tag": MODEL_TAG})
 
 
 @api.exception_handler(OperationalError)

@@ -25,6 +25,8 @@ log = logging.getLogger("attrition.auth")
 ROUTE_ROLES: tuple[tuple[str, str | None, frozenset[str]], ...] = (
     ("/predict/history", "GET", frozenset({"history"})),
     ("/predict/", "POST", frozenset({"predict"})),
+    ("/outcomes", "POST", frozenset({"outcomes"})),
+    ("/monitoring/", None, frozenset()),
     ("/admin/", None, frozenset()),
 )
 # Swagger UI assets; always public along with settings.public_paths.

@@ -58,6 +58,11 @@ SCENARIOS = {
             {"ATTRITION_RUNNER_BACKEND": "sklearn", "ATTRITION_RUNNER_BATCHING": "false"},
         ),
         Scenario(
+            "explain",
+            "full service, every prediction with its top 5 risk drivers (?explain=true)",
+            path="/predict/attrition?explain=true",
+        ),
+        Scenario(
             "noauth",
             "same, auth middleware off (dev mode)",
             {"ATTRITION_DEV_MODE": "true", "ATTRITION_AUTH_ENABLED": "false"},

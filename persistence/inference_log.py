@@ -19,7 +19,7 @@ log = logging.getLogger("attrition.inference_log")
 
 COLUMNS = (
     "id", "created_at", "subject", "route", "model_tag", "batch_id", "position",
-    "inputs", "probability", "label", "threshold", "latency_ms",
+    "inputs", "probability", "label", "threshold", "latency_ms", "drivers",
 )  # fmt: skip
 
 
@@ -42,6 +42,7 @@ class Record(NamedTuple):
     label: str
     threshold: float
     latency_ms: float
+    drivers: str | None = None  # the explanation as JSON text, when the caller asked for one
 
     def to_line(self) -> bytes:
         return json.dumps(self._asdict(), separators=(",", ":")).encode() + b"\n"
@@ -129,7 +130,7 @@ class PostgresSink:
     @staticmethod
     def _insert_or_ignore(conn: Any, records: list[Record]) -> None:
         cols = ", ".join(COLUMNS)
-        marks = ", ".join("%s::jsonb" if c == "inputs" else "%s" for c in COLUMNS)
+        marks = ", ".join("%s::jsonb" if c in ("inputs", "drivers") else "%s" for c in COLUMNS)
         with conn.cursor() as cur, conn.pipeline():
             cur.executemany(
                 f"INSERT INTO inferences ({cols}) VALUES ({marks}) ON CONFLICT (id) DO NOTHING",
@@ -166,6 +167,7 @@ class SqlAlchemySink:
             {
                 **r._asdict(),
                 "inputs": json.loads(r.inputs),
+                "drivers": json.loads(r.drivers) if r.drivers is not None else None,
                 "id": uuid.UUID(r.id),
                 "batch_id": uuid.UUID(r.batch_id) if r.batch_id else None,
                 "created_at": datetime.fromisoformat(r.created_at),

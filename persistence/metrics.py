@@ -68,3 +68,33 @@ def runner_batch_histogram() -> Any:
         "Employees scored together in one runner batch",
         buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
     )
+
+
+GAUGES = (
+    ("attrition_monitoring_drift_share", "Share of input features flagged as drifted"),
+    ("attrition_monitoring_min_selection_ratio",
+     "Lowest selection-rate ratio of a group to the most-selected group (four-fifths rule: < 0.8)"),
+    ("attrition_monitoring_report_age_seconds", "Seconds since the last monitoring report"),
+)  # fmt: skip
+
+
+def monitoring_gauges(report: tuple[Any, dict[str, Any]] | None, now: Any) -> str:
+    """Prometheus text for the last monitoring report (created_at, summary); nothing without one.
+
+    Written as text at scrape time rather than as prometheus_client gauges: the values come
+    from the database, are the same in every worker, and the age must be computed per scrape.
+    """
+    if report is None:
+        return ""
+    created_at, summary = report
+    values = (
+        summary.get("drift", {}).get("share_drifted"),
+        summary.get("fairness", {}).get("lowest_ratio"),
+        (now - created_at).total_seconds(),
+    )
+    lines = []
+    for (name, doc), value in zip(GAUGES, values, strict=True):
+        if value is None:
+            continue
+        lines += [f"# HELP {name} {doc}", f"# TYPE {name} gauge", f"{name} {float(value)!r}"]
+    return "\n".join(lines) + "\n" if lines else ""

@@ -4,13 +4,14 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index
+from sqlalchemy import JSON, Column, Index, UniqueConstraint
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
 from persistence.types import UTCDateTime, utcnow
 
-ROLES = ("predict", "history", "admin")
+# outcomes: HR systems that report whether scored employees left (POST /outcomes).
+ROLES = ("predict", "history", "outcomes", "admin")
 USERNAME_PATTERN = r"^[A-Za-z0-9_.@-]+$"
 USERNAME_MAX_LENGTH = 64
 
@@ -83,6 +84,15 @@ class InferenceBase(SQLModel):
     label: str = Field(max_length=8)
     threshold: float
     latency_ms: float
+    drivers: dict[str, Any] | None = Field(
+        default=None,
+        # none_as_null: a prediction without drivers has SQL NULL there, not JSON 'null'.
+        sa_column=Column(
+            JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql"),
+            nullable=True,
+        ),
+        description="The explanation returned with the prediction, when it was asked for.",
+    )
 
 
 class Inference(InferenceBase, table=True):
@@ -102,3 +112,41 @@ class Inference(InferenceBase, table=True):
 class InferencePublic(InferenceBase):
     id: uuid.UUID
     created_at: datetime
+
+
+class Outcome(SQLModel, table=True):
+    """What became of a scored employee, reported later by an HR system.
+
+    Append-only: a correction adds the next revision; the highest revision is the outcome.
+    No foreign key to inferences: that table may be partitioned by time, and a key on `id`
+    alone cannot reference it; the route checks the id instead.
+    """
+
+    __tablename__ = "outcomes"
+    __table_args__ = (UniqueConstraint("inference_id", "revision", name="uq_outcomes_revision"),)
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    inference_id: uuid.UUID
+    revision: int = Field(default=0, description="0 first; each correction adds 1.")
+    outcome: str = Field(max_length=8, description="left or stayed")
+    observed_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    recorded_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime, nullable=False)
+    )
+    recorded_by: str = Field(max_length=255, description="Subject of the token that posted it.")
+
+
+class MonitoringReport(SQLModel, table=True):
+    """The JSON summary of each monitoring report run; the newest is served and exported."""
+
+    __tablename__ = "monitoring_reports"
+    __table_args__ = (Index("ix_monitoring_reports_created", "created_at"),)
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime, nullable=False)
+    )
+    model_tag: str = Field(max_length=128)
+    summary: dict[str, Any] = Field(
+        sa_column=Column(JSON().with_variant(JSONB(), "postgresql"), nullable=False)
+    )

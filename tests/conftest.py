@@ -26,6 +26,8 @@ USERS = {
     "admin": (["admin"], True),
     "analyst": (["predict", "history"], True),
     "retired": (["predict"], False),
+    "hr": (["predict", "history", "outcomes"], True),
+    "hr2": (["predict", "history", "outcomes"], True),
 }
 
 

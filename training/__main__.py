@@ -3,6 +3,7 @@
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from training.data import DataError, load_csv, load_reference
 from training.train import save, summary, train
@@ -16,6 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--test-size", type=float, default=0.2)
     parser.add_argument("--no-save", action="store_true", help="evaluate only")
+    parser.add_argument("--card", help="also write the model card (HTML) to this file")
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
@@ -34,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
         source=source,
     )
     print(summary(result))
+    if args.card and result.card:
+        Path(args.card).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.card).write_text(result.card)
+        print(f"Model card: {args.card}")
     if not args.no_save:
         print(f"Saved model: {save(result)}")
     print(f"Done in {time.perf_counter() - started:.1f}s")

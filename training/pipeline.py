@@ -3,12 +3,18 @@
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
 from training.schema import NOMINAL, NUMERIC, ORDINAL, categories
 
 FAMILIES = ("logistic_regression", "gradient_boosting")
+# Inverse regularisation strengths the inner CV chooses from. On the reference training split it
+# picks 0.3 (the earlier fixed value); the CV curve is flat from 0.1 to 3.
+C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+# 3 inner folds: nested CV ROC-AUC 0.8367 against 0.8356 with 5, for 40 % fewer fits.
+INNER_FOLDS = 3
 
 
 def preprocessor() -> ColumnTransformer:
@@ -48,3 +54,22 @@ def build_pipeline(family: str, seed: int) -> Pipeline:
     else:
         raise ValueError(f"unknown model family {family!r}; choose from {FAMILIES}")
     return Pipeline([("preprocess", preprocessor()), ("classifier", clf)])
+
+
+def build_estimator(family: str, seed: int) -> Pipeline | GridSearchCV:
+    """What training fits: the logistic regression's C is chosen by an inner stratified CV, so
+    cross-validating this estimator is nested CV; other families as they are."""
+    pipeline = build_pipeline(family, seed)
+    if family != "logistic_regression":
+        return pipeline
+    return GridSearchCV(
+        pipeline,
+        {"classifier__C": list(C_GRID)},
+        scoring="roc_auc",
+        cv=StratifiedKFold(INNER_FOLDS, shuffle=True, random_state=seed),
+    )
+
+
+def fitted_pipeline(estimator: Pipeline | GridSearchCV) -> Pipeline:
+    """The plain pipeline of a fitted estimator (refit on all its data with the chosen C)."""
+    return estimator.best_estimator_ if isinstance(estimator, GridSearchCV) else estimator

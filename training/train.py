@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import sklearn
-from sklearn.base import clone
 from sklearn.metrics import (
     average_precision_score,
     brier_score_loss,
@@ -24,8 +23,11 @@ from sklearn.model_selection import RepeatedStratifiedKFold, train_test_split
 from sklearn.pipeline import Pipeline
 
 from training.data import split_xy
+from training.explain import METHOD, METHOD_DESCRIPTION, TOLERANCE, LinearExplainer, NotExplainable
+from training.explain import check as check_explainer
+from training.model_card import render as render_card
 from training.onnx_export import export
-from training.pipeline import FAMILIES, build_pipeline
+from training.pipeline import C_GRID, FAMILIES, INNER_FOLDS, build_estimator, fitted_pipeline
 from training.schema import FEATURES
 
 MODEL_NAME = "attrition"
@@ -37,6 +39,7 @@ class CVResult:
     family: str
     scores: dict[str, list[float]]
     oof: np.ndarray  # out-of-fold probability per training row, averaged over repeats
+    folds: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # (rows, probs)
 
     def mean(self, metric: str) -> float:
         return float(np.mean(self.scores[metric]))
@@ -54,6 +57,9 @@ class TrainingResult:
     test: dict[str, Any]
     metadata: dict[str, Any] = field(default_factory=dict)
     onnx: bytes | None = None
+    explainer: LinearExplainer | None = None
+    reference: pd.DataFrame | None = None  # training split inputs + the model's probability
+    card: str | None = None  # the model card (HTML)
 
 
 def scores_at(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
@@ -73,13 +79,15 @@ def cross_validate(
     cv = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=seed)
     scores: dict[str, list[float]] = {m: [] for m in CV_METRICS}
     oof_sum = np.zeros(len(y))
+    per_fold: list[tuple[np.ndarray, np.ndarray]] = []
     for train_idx, val_idx in cv.split(x, y):
-        model = build_pipeline(family, seed).fit(x.iloc[train_idx], y.iloc[train_idx])
+        model = build_estimator(family, seed).fit(x.iloc[train_idx], y.iloc[train_idx])
         p = model.predict_proba(x.iloc[val_idx])[:, 1]
         oof_sum[val_idx] += p
+        per_fold.append((val_idx, p))
         for name, value in scores_at(y.to_numpy()[val_idx], p, 0.5).items():
             scores[name].append(value)
-    return CVResult(family, scores, oof_sum / repeats)
+    return CVResult(family, scores, oof_sum / repeats, per_fold)
 
 
 def choose_threshold(y: np.ndarray, oof: np.ndarray) -> float:
@@ -115,7 +123,7 @@ def train(
     ]
     best = max(cv, key=lambda r: r.mean("roc_auc"))
     threshold = choose_threshold(y_train.to_numpy(), best.oof)
-    pipeline = clone(build_pipeline(best.family, seed)).fit(x_train, y_train)
+    pipeline = fitted_pipeline(build_estimator(best.family, seed).fit(x_train, y_train))
     p_test = pipeline.predict_proba(x_test)[:, 1]
     pred = (p_test >= threshold).astype(int)
     test = {
@@ -132,6 +140,12 @@ def train(
         "features": list(FEATURES),
         "cv": {r.family: {m: {"mean": r.mean(m), "std": r.std(m)} for m in CV_METRICS} for r in cv},
         "cv_scheme": f"RepeatedStratifiedKFold({folds} folds x {repeats} repeats)",
+        "regularisation": {
+            "rule": f"logistic regression C chosen by {INNER_FOLDS}-fold inner CV (ROC-AUC) "
+            "inside every outer fold (nested CV) and on the whole training split",
+            "grid": list(C_GRID),
+            "chosen_C": pipeline.named_steps["classifier"].get_params().get("C"),
+        },
         "test": test,
         "data_source": source,
         "data_sha256": fingerprint(frame),
@@ -154,7 +168,32 @@ def train(
         "max_abs_diff": onnx.max_abs_diff,
         "note": onnx.note,
     }
-    return TrainingResult(pipeline, best.family, threshold, cv, test, metadata, onnx.model)
+    explainer: LinearExplainer | None = None
+    try:
+        explainer = LinearExplainer.fit(pipeline, x_train)
+    except NotExplainable as exc:
+        metadata["explanation"] = {"method": None, "note": str(exc)}
+    if explainer is not None:
+        errors = check_explainer(explainer, pipeline, onnx.model, x)
+        metadata["explanation"] = {
+            "method": METHOD,
+            "description": METHOD_DESCRIPTION,
+            "tolerance": TOLERANCE,
+            "baseline": "mean preprocessed row of the training split",
+            **errors,
+        }
+    reference = x_train.reset_index(drop=True).copy()
+    reference["probability"] = pipeline.predict_proba(x_train)[:, 1]
+    metadata["reference"] = {
+        "rows": len(reference),
+        "what": "training split inputs and the model's probability for each (monitoring baseline)",
+        "sha256": fingerprint(reference),
+    }
+    result = TrainingResult(
+        pipeline, best.family, threshold, cv, test, metadata, onnx.model, explainer, reference
+    )
+    result.card = render_card(result, x_train, y_train)
+    return result
 
 
 def save(result: TrainingResult) -> str:
@@ -162,13 +201,19 @@ def save(result: TrainingResult) -> str:
     import bentoml
 
     labels = {"family": result.family, "task": "binary-classification"}
+    extras = {
+        "onnx": result.onnx,
+        "explainer": result.explainer,
+        "reference": result.reference,
+        "model_card": result.card,
+    }
     model = bentoml.sklearn.save_model(
         MODEL_NAME,
         result.pipeline,
         labels=labels,
         metadata=result.metadata,
         signatures={"predict_proba": {"batchable": True}},
-        custom_objects={"onnx": result.onnx} if result.onnx else None,
+        custom_objects={k: v for k, v in extras.items() if v is not None},
     )
     return str(model.tag)
 
@@ -192,6 +237,8 @@ def summary(result: TrainingResult) -> str:
         f"recall {t['recall']:.3f}  Brier {t['brier']:.3f}",
         f"Confusion matrix [[TN, FP], [FN, TP]]: {t['confusion_matrix']}",
         f"ONNX export: {result.metadata['onnx']['note']}",
+        f"Explanation: {result.metadata['explanation']['method']} "
+        f"(max |base + sum - logit(p)|: {result.metadata['explanation'].get('max_additivity_error')})",
         f"Data sha256: {result.metadata['data_sha256']}",
     ]
     return "\n".join(lines)

@@ -153,3 +153,40 @@ def test_spool_lines_of_the_previous_format_replay(url: str, tmp_path: Path) -> 
         inputs = conn.execute(select(Inference.inputs)).scalar_one()  # type: ignore[call-overload]
     engine.dispose()
     assert inputs == {"Age": 41, "OverTime": "Yes"}
+
+
+@pytest.mark.parametrize("method", ["copy", "executemany"])
+def test_drivers_are_stored_null_or_json_by_every_path(
+    url: str, tmp_path: Path, method: str
+) -> None:
+    """Explained records carry their drivers through COPY, inserts and the spool; others null."""
+    from sqlalchemy import text
+
+    from persistence.db import make_engine
+
+    drivers = json.dumps(
+        {"method": "linear-exact", "base_value": -2.0, "drivers": [], "other": 0.5}
+    )
+    plain, explained = record(1), record(2)._replace(drivers=drivers)
+    assert Record.from_line(explained.to_line()) == explained
+    old_line = json.dumps({k: v for k, v in plain._asdict().items() if k != "drivers"}).encode()
+    assert Record.from_line(old_line) == plain  # spooled before the column existed
+    sink = make_sink(url, method) if url.startswith("postgresql") else make_sink(url)
+    sink.write([plain, explained], fresh=True)
+    replayed = record(3)._replace(drivers=drivers)
+    sink.write([replayed, explained])  # the idempotent replay path
+    sink.close()
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        rows = dict(conn.execute(text("SELECT id, drivers FROM inferences")).all())
+        nulls = conn.execute(text("SELECT count(*) FROM inferences WHERE drivers IS NULL")).scalar()
+    assert nulls == 1  # SQL NULL, not JSON null
+    engine.dispose()
+    stored = {
+        str(uuid.UUID(str(k))): json.loads(v) if isinstance(v, str) else v for k, v in rows.items()
+    }
+    assert stored == {
+        plain.id: None,
+        explained.id: json.loads(drivers),
+        replayed.id: json.loads(drivers),
+    }

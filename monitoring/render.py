@@ -1,0 +1,156 @@
+"""The report as one HTML page with plots (matplotlib), from the section results."""
+
+import html
+
+import numpy as np
+import pandas as pd
+
+from monitoring.report import Report
+from training.html import Markup, figure, page, pyplot, table
+
+PLOTTED_FEATURES = 6  # the features with the largest PSI get a distribution plot
+
+
+def flag(bad: bool, text: str) -> Markup:
+    return Markup(f'<span class="{"flag" if bad else "ok"}">{html.escape(text)}</span>')
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return (
+        "-"
+        if value is None
+        else f"{value:.{digits}g}"
+        if abs(value) < 1e-3
+        else f"{value:.{digits}f}"
+    )
+
+
+def distribution_plots(report: Report, current: pd.DataFrame) -> str:
+    plt = pyplot()
+    ref = report.reference.frame
+    ranked = sorted(report.drift.features, key=lambda f: -(f.psi or 0))[:PLOTTED_FEATURES]
+    names = ["probability", *[f.feature for f in ranked]]
+    fig, axes = plt.subplots(2, 4, figsize=(16, 7))
+    for ax, name in zip(axes.ravel(), names, strict=False):
+        if ref[name].dtype.kind in "if":
+            bins = np.histogram_bin_edges(
+                np.concatenate([ref[name], current[name]]).astype(float), 20
+            )
+            ax.hist(ref[name], bins=bins, density=True, alpha=0.5, label="training")
+            ax.hist(current[name], bins=bins, density=True, alpha=0.5, label="logged")
+        else:
+            shares = pd.DataFrame({"training": ref[name].value_counts(normalize=True),
+                                   "logged": current[name].value_counts(normalize=True)}).fillna(0)  # fmt: skip
+            shares.plot.bar(ax=ax, rot=45, legend=False)
+        ax.set_title(name, fontsize=10)
+    axes.ravel()[0].legend(fontsize=8)
+    for ax in axes.ravel()[len(names) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    return figure(fig, "distributions, training vs logged")
+
+
+def drift_section(report: Report, current: pd.DataFrame) -> str:
+    d = report.drift
+    if d.note:
+        return f"<h2>Drift</h2><p>{html.escape(d.note)}</p>"
+    rows = [
+        [f.feature, f.test, _fmt(f.statistic), _fmt(f.p_value), _fmt(f.psi),
+         flag(f.drifted, "drifted" if f.drifted else "no")]
+        for f in [*([d.probability] if d.probability else []), *d.features]
+    ]  # fmt: skip
+    return (
+        f"<h2>Drift</h2><p>{len(d.drifted)} of {len(d.features)} features drifted "
+        f"(share {d.share_drifted:.2f}): {html.escape(', '.join(d.drifted) or 'none')}. "
+        f"Rule: {html.escape(d.summary()['rule'])}; the predicted probability is tested at "
+        f"p < {d.alpha}. {d.n_current} logged rows against {d.n_reference} training rows.</p>"
+        + table(["feature", "test", "statistic", "p-value", "PSI", "drift"], rows)
+        + distribution_plots(report, current)
+    )
+
+
+def quality_section(report: Report) -> str:
+    plt = pyplot()
+    q = report.quality
+    plot = ""
+    if q.rows_per_day:
+        fig, ax = plt.subplots(figsize=(10, 3))
+        ax.bar(list(q.rows_per_day), list(q.rows_per_day.values()), color="C0")
+        ax.set(title="Logged predictions per day (UTC)", ylabel="rows")
+        ax.tick_params(axis="x", rotation=45)
+        plot = figure(fig, "rows per day")
+    outside = [[r.feature, r.training, r.current, flag(r.share_outside > 0, f"{r.share_outside:.2%}")]
+               for r in q.ranges]  # fmt: skip
+    routes = ", ".join(f"{html.escape(k)}: {v}" for k, v in q.routes.items())
+    return (
+        f"<h2>Data quality</h2><p>{q.rows} rows; {q.batch_share:.1%} from batch requests, "
+        f"{1 - q.batch_share if q.rows else 0:.1%} single ({routes}); "
+        f"{report.excluded_what_if} what-if rows left out of every section.</p>{plot}"
+        + table(["feature", "training", "logged", "rows outside training values"], outside)
+    )
+
+
+def fairness_section(report: Report) -> str:
+    plt = pyplot()
+    f = report.fairness
+    if not f.groups:
+        return "<h2>Fairness</h2><p>No logged predictions.</p>"
+    attributes = list(dict.fromkeys(g.attribute for g in f.groups))
+    fig, axes = plt.subplots(1, len(attributes), figsize=(5 * len(attributes), 3.5))
+    for ax, attribute in zip(np.atleast_1d(axes), attributes, strict=True):
+        gs = [g for g in f.groups if g.attribute == attribute]
+        ax.bar([g.group for g in gs], [g.selection_rate for g in gs],
+               color=["C3" if g.flagged else "C0" for g in gs])  # fmt: skip
+        top = max(g.selection_rate for g in gs)
+        ax.axhline(0.8 * top, color="k", ls="--", lw=1, label="4/5 of the highest")
+        ax.set(title=f"Selection rate by {attribute}", ylabel="share labelled Yes")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    rows = [[g.attribute, g.group, g.n, g.selection_rate, g.mean_risk,
+             "-" if g.ratio is None else flag(g.flagged, f"{g.ratio:.3f}")] for g in f.groups]  # fmt: skip
+    return (
+        f"<h2>Fairness</h2><p>Lowest ratio of a group's selection rate to the most-selected "
+        f"group's: {_fmt(f.lowest_ratio)}; under 0.8 is flagged (four-fifths rule).</p>"
+        + table(["attribute", "group", "rows", "selection rate", "mean risk", "ratio"], rows)
+        + figure(fig, "selection rate by group")
+    )
+
+
+def performance_section(report: Report) -> str:
+    plt = pyplot()
+    p = report.performance
+    head = (f"<h2>Realized performance</h2><p>{p.n_outcomes} of {p.n_predictions} logged "
+            f"predictions have an outcome ({p.n_left} left).")  # fmt: skip
+    if p.note:
+        return head + f" {html.escape(p.note)}.</p>"
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.plot(*zip(*p.calibration, strict=True), "o-", label="logged predictions")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect")
+    ax.set(xlabel="predicted probability", ylabel="observed rate of leaving", title="Calibration")
+    ax.legend(fontsize=8)
+    rows = [[g.attribute, g.group, g.n, _fmt(g.true_positive_rate), _fmt(g.false_positive_rate)]
+            for g in p.groups]  # fmt: skip
+    return (
+        head
+        + f" ROC-AUC {_fmt(p.roc_auc)}, Brier {_fmt(p.brier)}.</p>"
+        + figure(fig, "calibration on outcomes")
+        + table(
+            ["attribute", "group", "with outcome", "true positive rate", "false positive rate"],
+            rows,
+        )
+    )
+
+
+def render(report: Report, current: pd.DataFrame) -> str:
+    """The whole report; `current` is the logged rows the sections ran on."""
+    body = (
+        f"<p>Model <code>{html.escape(report.model_tag)}</code>, predictions logged from "
+        f"{report.since.isoformat()} until {report.until.isoformat()}, compared with the "
+        f"{len(report.reference.frame)} rows of its training split (sha256 "
+        f"<code>{(report.reference.sha256 or '')[:16]}…</code>). Built in {report.seconds:.1f} s.</p>"
+        + drift_section(report, current)
+        + quality_section(report)
+        + fairness_section(report)
+        + performance_section(report)
+    )
+    return page("Monitoring report: attrition risk", body)

@@ -1,0 +1,137 @@
+"""The model card: an HTML page with the model's evaluation plots, written at training time."""
+
+import html
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import precision_recall_curve, roc_curve
+
+from training.html import Markup, figure, page, pyplot, table
+from training.schema import FEATURES
+
+if TYPE_CHECKING:
+    from training.train import CVResult, TrainingResult
+
+GRID = np.linspace(0, 1, 101)
+TOP_COEFFICIENTS = 15
+
+
+def _band(ax: Any, curves: list[np.ndarray], label: str, colour: str) -> None:
+    mean, std = np.mean(curves, axis=0), np.std(curves, axis=0)
+    ax.plot(GRID, mean, color=colour, label=label)
+    ax.fill_between(GRID, mean - std, mean + std, color=colour, alpha=0.2, lw=0)
+
+
+def roc_pr_plots(cv: "CVResult", y: np.ndarray) -> str:
+    """ROC and PR curves of every CV fold, as the mean and a +/- 1 sd band over the folds."""
+    plt = pyplot()
+    rocs, prs = [], []
+    for rows, p in cv.folds:
+        fpr, tpr, _ = roc_curve(y[rows], p)
+        rocs.append(np.interp(GRID, fpr, tpr))
+        precision, recall, _ = precision_recall_curve(y[rows], p)
+        prs.append(np.interp(GRID, recall[::-1], precision[::-1]))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.5))
+    _band(a, rocs, f"mean ROC (AUC {cv.mean('roc_auc'):.3f} ± {cv.std('roc_auc'):.3f})", "C0")
+    a.plot([0, 1], [0, 1], "k--", lw=0.8, label="chance")
+    a.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC, CV folds ± 1 sd")
+    _band(b, prs, f"mean PR (AP {cv.mean('pr_auc'):.3f} ± {cv.std('pr_auc'):.3f})", "C1")
+    b.axhline(y.mean(), color="k", ls="--", lw=0.8, label="base rate")
+    b.set(xlabel="recall", ylabel="precision", title="Precision-recall, CV folds ± 1 sd")
+    for ax in (a, b):
+        ax.legend(loc="best", fontsize=8)
+    return figure(fig, "ROC and precision-recall curves")
+
+
+def calibration_and_threshold_plots(y: np.ndarray, oof: np.ndarray, threshold: float) -> str:
+    plt = pyplot()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.5))
+    observed, predicted = calibration_curve(y, oof, n_bins=10, strategy="quantile")
+    a.plot(predicted, observed, "o-", label="out-of-fold")
+    a.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect")
+    a.set(xlabel="predicted probability", ylabel="observed rate of leaving",
+          title="Calibration (deciles of out-of-fold probability)")  # fmt: skip
+    a.legend(fontsize=8)
+    thresholds = np.round(np.arange(0.05, 0.951, 0.01), 2)
+    pred = oof[None, :] >= thresholds[:, None]
+    tp = (pred & (y == 1)).sum(axis=1)
+    precision = np.divide(
+        tp, pred.sum(axis=1), out=np.zeros(len(thresholds)), where=pred.any(axis=1)
+    )
+    recall = tp / max(int(y.sum()), 1)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(len(thresholds)),
+                   where=(precision + recall) > 0)  # fmt: skip
+    b.plot(thresholds, precision, label="precision")
+    b.plot(thresholds, recall, label="recall")
+    b.plot(thresholds, f1, label="F1")
+    b.axvline(threshold, color="k", ls="--", lw=1, label=f"chosen threshold {threshold:.2f}")
+    b.set(xlabel="threshold", title="Out-of-fold precision, recall and F1 by threshold")
+    b.legend(fontsize=8)
+    return figure(fig, "calibration and threshold curves")
+
+
+def importance_plots(result: "TrainingResult", x_train: pd.DataFrame) -> str:
+    """Largest coefficients of the preprocessed columns, and mean |contribution| per input."""
+    plt = pyplot()
+    classifier = result.pipeline.named_steps["classifier"]
+    if not hasattr(classifier, "coef_") or result.explainer is None:
+        return "<p>This model family has no coefficients.</p>"
+    names = result.pipeline.named_steps["preprocess"].get_feature_names_out()
+    coef = classifier.coef_.ravel()
+    top = np.argsort(-np.abs(coef))[:TOP_COEFFICIENTS][::-1]
+    contributions = result.explainer.contributions_of(result.pipeline, x_train)
+    mean_abs = np.abs(contributions).mean(axis=0)
+    order = np.argsort(mean_abs)[-TOP_COEFFICIENTS:]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 5))
+    a.barh([names[i] for i in top], coef[top], color=["C3" if c > 0 else "C0" for c in coef[top]])
+    a.set(title="Largest coefficients (log-odds per unit; red raises risk)", xlabel="coefficient")
+    b.barh([FEATURES[i] for i in order], mean_abs[order], color="C2")
+    b.set(title="Mean |contribution| per input feature (training split)", xlabel="log-odds")
+    fig.tight_layout()
+    return figure(fig, "coefficients and feature importance")
+
+
+def render(result: "TrainingResult", x_train: pd.DataFrame, y_train: pd.Series) -> str:
+    meta = result.metadata
+    best = next(r for r in result.cv if r.family == result.family)
+    y = y_train.to_numpy()
+    cv_rows = [
+        [r.family + (" (chosen)" if r.family == result.family else "")]
+        + [
+            Markup(f"{r.mean(m):.3f} ± {r.std(m):.3f}")
+            for m in ("roc_auc", "pr_auc", "f1", "brier")
+        ]
+        for r in result.cv
+    ]
+    t = meta["test"]
+    explanation = meta.get("explanation", {})
+    body = f"""
+<p>Employee attrition risk, {html.escape(str(meta['model_family']))}, trained
+{html.escape(str(meta['trained_at']))} on {meta['n_train']} of {meta['n_rows']} rows of
+<code>{html.escape(str(meta['data_source']))}</code> (sha256 <code>{meta['data_sha256'][:16]}…</code>).</p>
+<h2>Intended use</h2>
+<p>A risk score to help HR teams decide where to look and talk: not an automated decision about
+any person. Gender, age and marital status are model inputs; the monitoring report shows
+selection rates by these groups (four-fifths rule) on live predictions.</p>
+<h2>Cross-validation ({html.escape(meta['cv_scheme'])}, F1 at 0.5)</h2>
+{table(["model", "ROC-AUC", "PR-AUC", "F1", "Brier"], cv_rows)}
+<p class="note">Regularisation: {html.escape(str(meta.get('regularisation', {}).get('rule', 'fixed')))};
+chosen C = {meta.get('regularisation', {}).get('chosen_C')}. The cross-validation above includes that
+choice (nested CV). Variants tried: <code>python -m training.search</code>.</p>
+<h2>Held-out test ({t['n']} rows, threshold {result.threshold:.2f})</h2>
+{table(["ROC-AUC", "PR-AUC", "F1", "precision", "recall", "Brier", "confusion [[TN, FP], [FN, TP]]"],
+       [[t['roc_auc'], t['pr_auc'], t['f1'], t['precision'], t['recall'], t['brier'], t['confusion_matrix']]])}
+<p class="note">Threshold rule: {html.escape(meta['threshold_rule'])}.</p>
+<h2>Curves</h2>
+{roc_pr_plots(best, y)}{calibration_and_threshold_plots(y, best.oof, result.threshold)}
+<h2>What drives the score</h2>
+{importance_plots(result, x_train)}
+<p class="note">Explanations served with <code>explain=true</code>: {html.escape(str(explanation.get('description', explanation.get('note'))))}.
+Largest |base + sum − logit(p)| on the data: {explanation.get('max_additivity_error')}
+(scikit-learn), {explanation.get('onnx_max_additivity_error')} (ONNX Runtime).</p>
+<h2>Serving</h2>
+<p>ONNX export: {html.escape(meta['onnx']['note'])}. Library versions: {html.escape(str(meta['versions']))}.</p>
+"""  # fmt: skip
+    return page("Model card: attrition risk", body)
