@@ -103,8 +103,14 @@ class RayPeer(ServerProcess):
         self.replicas = replicas
         self.model_tag = model_tag
         self.sample = sample
-        self.folder = Path(tempfile.mkdtemp(prefix="ray-", dir=log.parent))
+        # Short: Ray's socket paths below it must stay under 107 bytes (AF_UNIX).
+        self.folder = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
         super().__init__({}, log=log, timeout=timeout)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        code = super().stop(sig, timeout)
+        shutil.rmtree(self.folder, ignore_errors=True)
+        return code
 
     def command(self, port: int) -> list[str]:
         return [
@@ -132,10 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--model-tag", default="attrition:latest")
     parser.add_argument("--route", default="/predict/attrition")
-    parser.add_argument("--temp-dir", required=True, type=Path, help="Ray's session files")
+    parser.add_argument("--temp-dir", required=True, type=Path, help="Ray's files (short path)")
     args = parser.parse_args(argv)
     os.environ.update(PEER_ENV)
-    haproxy_dir = Path(tempfile.mkdtemp(prefix="hap-", dir="/tmp"))
+    haproxy_dir = args.temp_dir / "hap"
+    haproxy_dir.mkdir(parents=True, exist_ok=True)
     os.environ.update(private_haproxy_env(haproxy_dir))
 
     import bentoml
@@ -151,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # handled below, after a clean start
     ray.init(
         include_dashboard=False,  # not on the request path; one Python process less
-        _temp_dir=str(args.temp_dir / "ray"),
+        _temp_dir=str(args.temp_dir),
         object_store_memory=200 * 1024 * 1024,  # HTTP requests never touch the object store
     )
     try:
@@ -163,7 +170,6 @@ def main(argv: list[str] | None = None) -> int:
         # Not serve.shutdown(): it drains replicas for 20+ s; nothing is in flight when the
         # bench stops the peer. The bench kills whatever outlives this (haproxy included).
         ray.shutdown()
-        shutil.rmtree(haproxy_dir, ignore_errors=True)
     return 0
 
 
