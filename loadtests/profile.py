@@ -95,7 +95,8 @@ def stage(frames: list[str]) -> str:
 
 
 def read_stacks(path: Path) -> Counter[str]:
-    """Samples per stage; the inference log's writer thread is a stage of its own."""
+    """Samples per stage, whatever the thread (Ray serves requests on a thread of its own), but
+    the inference log's writer thread is a stage of its own."""
     counts: Counter[str] = Counter()
     if not path.exists():
         return counts
@@ -107,8 +108,6 @@ def read_stacks(path: Path) -> Counter[str]:
         thread, name = frames[0], stage(frames[1:])
         if name != WAITING and WRITER_THREAD in thread:
             name = "log writer thread (COPY into PostgreSQL)"
-        elif name != WAITING and "MainThread" not in thread:
-            name = f"other threads ({name})"
         counts[name] += int(n)
     return counts
 

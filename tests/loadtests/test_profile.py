@@ -38,7 +38,7 @@ def test_threads_are_told_apart_and_counts_add_up(tmp_path: Path) -> None:
     assert counts["HTTP server (uvicorn, httptools)"] == 7
     assert counts["auth: JWT, user cache"] == 3
     assert counts["log writer thread (COPY into PostgreSQL)"] == 5
-    assert counts["other threads (inference record + log submit)"] == 1
+    assert counts["inference record + log submit"] == 1
     assert counts["waiting (epoll, PostgreSQL round trips, sleeps): left out of the shares"] == 4
     assert sum(counts.values()) == 20
 
