@@ -1,1 +1,2 @@
-"""Load tests and benchmarks: locust suite, wrk benchmark driver, shared server harness."""
+"""Load tests and benchmarks: locust suite, wrk benchmark driver with the Ray Serve peer and CPU
+accounting, py-spy profile, shared server harness."""

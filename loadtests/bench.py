@@ -1,6 +1,9 @@
-"""Side-by-side benchmark with wrk: start each scenario's real server, load it, print a table.
+"""Side-by-side benchmark with wrk: start each scenario's real server, load it, print a table of
+throughput and latency, and where the CPU went per request, by process group.
 
-python -m loadtests.bench --scenarios full,noauth --concurrency 1,16,64 --duration 15
+python -m loadtests.bench --scenarios full,noop,ray-1,ray-2 --concurrency 1,16,64 --duration 15
+
+The ray-* scenarios need the `bench` extra (`make bench` installs it).
 """
 
 import argparse
@@ -15,8 +18,19 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from loadtests.harness import PROJECT_DIR, Server, auth_cli, inference_rows, temporary_database
+import psutil
+
+from loadtests.cpu import Classifier, CpuMeter, Seen
+from loadtests.harness import (
+    PROJECT_DIR,
+    Server,
+    ServerProcess,
+    auth_cli,
+    inference_rows,
+    temporary_database,
+)
 
 SECRET = "bench-secret-" + "b" * 40
 LUA = PROJECT_DIR / "loadtests" / "wrk" / "predict.lua"
@@ -31,6 +45,8 @@ class Scenario:
     target: str = "service:AttritionService"
     path: str = "/predict/attrition"
     auth: bool = True
+    ray_replicas: int = 0
+    """Not a BentoML server but the Ray Serve peer (loadtests/ray_peer.py) with this many replicas."""
 
 
 SCENARIOS = {
@@ -73,8 +89,19 @@ SCENARIOS = {
             "same, inference log off (dev mode)",
             {"ATTRITION_DEV_MODE": "true", "ATTRITION_LOG_ENABLED": "false"},
         ),
+        *(
+            Scenario(
+                f"ray-{n}",
+                f"peer: Ray Serve throughput-optimized + HAProxy, ONNX, {n} replica(s); "
+                "no auth, validation or log",
+                auth=False,
+                ray_replicas=n,
+            )
+            for n in (1, 2)
+        ),
     ]
 }
+DEFAULT_SCENARIOS = "full,nobatch,noop,ray-1,ray-2"
 
 
 def write_bodies(path: Path, batch: int = 0) -> None:
@@ -132,11 +159,38 @@ def mint_token(env: dict[str, str]) -> str:
 
 
 RESULT = re.compile(r"RESULT (.*)")
+WRK = "wrk"
+DRIVER = "driver"
+REST = "rest"
+# Process groups of the CPU table (short names: the table is wide), in the order shown.
+GROUPS = {
+    "entry": "BentoML entry workers (AttritionService: HTTP, auth, validation, coalescer, log writer thread)",
+    "model": "BentoML model service worker (AttritionModel: runner HTTP, batching dispatcher, ONNX)",
+    "arbiter": "the `bentoml serve` process that supervises the workers",
+    "pg:db": "PostgreSQL backends connected to this run's database",
+    "pg:server": "PostgreSQL's own processes (postmaster, checkpointer, WAL writer...)",
+    "pg:exited": "PostgreSQL backends that exited during the run: this database's, and any too short-lived to be sampled (those may be another database's)",
+    "ray:replicas": "Ray Serve replicas (direct HTTP ingress, @serve.batch, ONNX)",
+    "ray:haproxy": "HAProxy in front of the replicas",
+    "ray:actors": "Ray Serve controller, proxy and HAProxy manager actors",
+    "ray:core": "raylet and GCS server",
+    "ray:other": "Ray driver, agents and monitors",
+    WRK: "the load generator",
+    DRIVER: "this bench process (the CPU sampler)",
+    REST: "everything else on the machine (other users), in cores kept busy",
+}
 
 
 def wrk(
-    url: str, path: str, bodies: Path, token: str, connections: int, seconds: int
+    url: str,
+    path: str,
+    bodies: Path,
+    token: str,
+    connections: int,
+    seconds: int,
+    classifier: Classifier | None = None,
 ) -> dict[str, float]:
+    """One wrk run; with a classifier, also CPU seconds per process group ("cpu:<group>")."""
     env = {**os.environ, "BODIES": str(bodies), "TOKEN": token, "WRK_PATH": path}
     threads = str(min(2, connections))
     cmd = [
@@ -153,21 +207,130 @@ def wrk(
         str(LUA),
         url,
     ]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    meter = CpuMeter(classifier or Classifier())
+    started = time.monotonic()
+    with meter.measure():
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    wall = time.monotonic() - started
     match = RESULT.search(out)
     if not match:
         raise RuntimeError(f"no RESULT line from wrk:\n{out}")
-    return {k: float(v) for k, v in (kv.split("=") for kv in match.group(1).split())}
+    result = {k: float(v) for k, v in (kv.split("=") for kv in match.group(1).split())}
+    if classifier is not None:
+        result["cpu_wall_s"] = wall
+        result.update({f"cpu:{group}": seconds for group, seconds in meter.groups.items()})
+    return result
+
+
+def bentoml_group(seen: Seen) -> str:
+    cmd = seen.cmdline
+    if "--service-name" in cmd[:-1]:
+        service = cmd[cmd.index("--service-name") + 1]
+        return {"AttritionService": "entry", "AttritionModel": "model"}.get(service, service)
+    return "arbiter"
+
+
+def ray_group(seen: Seen) -> str:
+    """Ray's processes by role (Ray names its workers' processes after the actor they host)."""
+    title = " ".join(seen.cmdline)
+    if seen.name == "haproxy":
+        return "ray:haproxy"
+    if "ServeReplica" in title:
+        return "ray:replicas"
+    if any(k in title for k in ("ServeController", "ProxyActor", "HAProxyManager")):
+        return "ray:actors"
+    if seen.name in ("raylet", "gcs_server"):
+        return "ray:core"
+    return "ray:other"
+
+
+POSTGRES_BACKGROUND = (
+    "checkpointer",
+    "background writer",
+    "walwriter",
+    "autovacuum launcher",
+    "logical replication launcher",
+    "archiver",
+    "stats collector",
+)
+
+
+def postgres_matcher(database: str | None) -> Any:
+    """PostgreSQL processes: this run's database's backends, and the server's own processes.
+
+    Other databases' backends (other users of the shared server) stay in the rest.
+    """
+
+    def match(pid: int, seen: Seen) -> str | None:
+        if seen.name not in ("postgres", "postmaster"):
+            return None
+        title = " ".join(seen.cmdline)
+        if database and database in title.split():
+            return "pg:db"
+        if "-D" in seen.cmdline or title.rstrip().endswith(POSTGRES_BACKGROUND):
+            return "pg:server"
+        return None
+
+    return match
+
+
+def postmaster() -> int | None:
+    for p in psutil.process_iter(["name", "cmdline"]):
+        if p.info["name"] in ("postgres", "postmaster") and "-D" in (p.info["cmdline"] or []):
+            return p.pid
+    return None
+
+
+def classifier_for(server: ServerProcess, database: str | None, ray: bool) -> Classifier:
+    """Who is who during one wrk run of this scenario."""
+    me = os.getpid()
+    reapers = {me: WRK}  # wrk is this process's only child that exits during the run
+    pm = postmaster()
+    if pm is not None:
+        # Backends that exit during the run (any database's: they cannot be told apart once
+        # gone) are counted from the postmaster's reaped-children time.
+        reapers[pm] = "pg:exited"
+    return Classifier(
+        # The server's tree is looked up first (it is also this process's child).
+        roots={
+            server.proc.pid: ray_group if ray else bentoml_group,
+            me: lambda seen: WRK if seen.name == "wrk" else DRIVER,
+        },
+        matchers=[postgres_matcher(database)],
+        reapers=reapers,
+        rest=REST,
+    )
+
+
+def start(
+    sc: Scenario, env: dict[str, str], work: Path, sample: bytes, model_tag: str
+) -> ServerProcess:
+    if sc.ray_replicas:
+        from loadtests.ray_peer import RayPeer
+
+        return RayPeer(
+            replicas=sc.ray_replicas,
+            model_tag=model_tag,
+            sample=sample,
+            log=work / f"{sc.name}.log",
+        )
+    return Server(sc.target, env, log=work / f"{sc.name}.log")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtests.bench", description=__doc__)
     parser.add_argument(
-        "--scenarios", default="full,nobatch,noop", help=f"from {', '.join(SCENARIOS)}"
+        "--scenarios", default=DEFAULT_SCENARIOS, help=f"from {', '.join(SCENARIOS)}"
     )
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--duration", type=int, default=15, help="seconds per measurement")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument(
+        "--passes",
+        type=int,
+        default=1,
+        help="run the scenario list this many times; on a shared machine compare within a pass",
+    )
     parser.add_argument("--database-url", help="default: a fresh PostgreSQL database for the run")
     parser.add_argument(
         "--batch-seconds", type=int, default=0, help="also load the batch route (full only)"
@@ -187,25 +350,48 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Every scenario's server in turn, measured with the same wrk settings."""
+    import bentoml
+
+    from settings import get_settings
+
     work = Path(tempfile.mkdtemp(prefix="attrition-bench-"))
     bodies = work / "bodies.jsonl"
     write_bodies(bodies)
     batch_bodies = work / "batches.jsonl"
     write_bodies(batch_bodies, batch=1000)
+    sample = bodies.read_bytes().split(b"\n", 1)[0]
+    # Every scenario, the peer included, serves this one model (and so the same ONNX export).
+    model_tag = str(bentoml.models.get(get_settings().model_tag).tag)
+    database = args.database_url.rsplit("/", 1)[-1].split("?")[0] if args.database_url else None
     batch_rows: list[tuple[str, dict[str, float]]] = []
     levels = [int(c) for c in args.concurrency.split(",")]
     rows: list[tuple[str, int, dict[str, float]]] = []
-    for name in args.scenarios.split(","):
+    failed: list[str] = []
+    for number, name in (
+        (number, name) for number in range(1, args.passes + 1) for name in args.scenarios.split(",")
+    ):
         sc = SCENARIOS[name]
-        env = {"ATTRITION_JWT_SECRET": SECRET, "ATTRITION_DATA_DIR": str(work / "data"), **sc.env}
+        env = {
+            "ATTRITION_JWT_SECRET": SECRET,
+            "ATTRITION_DATA_DIR": str(work / "data"),
+            "ATTRITION_MODEL_TAG": model_tag,
+            **sc.env,
+        }
         if args.database_url:
             env["ATTRITION_DATABASE_URL"] = args.database_url
         token = mint_token(env) if sc.auth else ""
-        server = Server(sc.target, env, log=work / f"{name}.log")
         try:
+            server = start(sc, env, work, sample, model_tag)
+        except RuntimeError as exc:  # report it, keep the other scenarios' numbers
+            failed.append(name)
+            print(f"{name}: did not start: {str(exc)[-3000:]}", file=sys.stderr, flush=True)
+            continue
+        try:
+            classifier = classifier_for(server, database, ray=bool(sc.ray_replicas))
             wrk(server.url, sc.path, bodies, token, 16, args.warmup)
             for c in levels:
-                result = wrk(server.url, sc.path, bodies, token, c, args.duration)
+                result = wrk(server.url, sc.path, bodies, token, c, args.duration, classifier)
+                result["pass"] = number
                 rows.append((name, c, result))
                 print(f"{name:>8} c={c:<3} {result}", file=sys.stderr, flush=True)
                 time.sleep(1)
@@ -217,11 +403,18 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{name:>8} batch {b}", file=sys.stderr, flush=True)
         finally:
             server.stop()
-    table = render(rows, args) + render_batch(batch_rows)
+    table = "\n\n".join(
+        t for t in (render(rows, args), render_goal(rows), render_cpu(rows)) if t
+    ) + render_batch(batch_rows)
     print(table)
     REPORTS.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     (REPORTS / f"bench-{stamp}.md").write_text(table + "\n")
+    raw = {"model_tag": model_tag, "duration_s": args.duration, "rows": rows, "batch": batch_rows}
+    (REPORTS / f"bench-{stamp}.json").write_text(json.dumps(raw, indent=1) + "\n")
+    if failed:
+        print(f"did not start: {', '.join(failed)} (see above)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -232,11 +425,76 @@ def render(rows: list[tuple[str, int, dict[str, float]]], args: argparse.Namespa
         "| scenario | clients | requests/s | p50 ms | p99 ms | non-2xx | socket errors |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for name, c, r in rows:
+    for name, (_, c, r) in zip(labels(rows), rows, strict=True):
         lines.append(
             f"| {name} | {c} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
             f"| {r['non2xx']:.0f} | {r['socket_errors']:.0f} |"
         )
+    return "\n".join(lines)
+
+
+def labels(rows: list[tuple[str, int, dict[str, float]]]) -> list[str]:
+    """Scenario names, with the pass ("full #2") when the run made several."""
+    several = any(r.get("pass", 1) > 1 for _, _, r in rows)
+    return [f"{name} #{r['pass']:.0f}" if several else name for name, _, r in rows]
+
+
+def render_goal(rows: list[tuple[str, int, dict[str, float]]]) -> str:
+    """Issue 13's goal in this run's ratios: full against the best Ray configuration of the
+    same pass (on a shared machine, minutes apart can differ more than the servers do)."""
+    cells = {(r.get("pass", 1), name, c): r for name, c, r in rows}
+    passes = sorted({p for p, _, _ in cells})
+    levels = sorted({c for _, name, c in cells if name == "full"})
+    peers = sorted({name for name, _, _ in rows if SCENARIOS[name].ray_replicas})
+    if not levels or not peers:
+        return ""
+    lines = [
+        "full against the best Ray configuration at each client count, within each pass (goal: "
+        "requests/s >= 1 and p99 <= 1 at 16 and 64 clients, p50 <= 1 at 1 client):",
+        "",
+        "| pass | clients | best Ray | full / Ray requests/s | full / Ray p50 | full / Ray p99 |",
+        "| ---: | ---: | --- | ---: | ---: | ---: |",
+    ]
+    for number in passes:
+        for c in levels:
+            candidates = [p for p in peers if (number, p, c) in cells]
+            if not candidates or (number, "full", c) not in cells:
+                continue
+            best = max(candidates, key=lambda p: cells[(number, p, c)]["rps"])
+            f, r = cells[(number, "full", c)], cells[(number, best, c)]
+            lines.append(
+                f"| {number} | {c} | {best} | {f['rps'] / r['rps']:.2f} "
+                f"| {f['p50_ms'] / r['p50_ms']:.2f} | {f['p99_ms'] / r['p99_ms']:.2f} |"
+            )
+    return "\n".join(lines)
+
+
+def render_cpu(rows: list[tuple[str, int, dict[str, float]]]) -> str:
+    """CPU milliseconds per completed request, by process group, over each wrk run."""
+    found = {k[4:] for _, _, r in rows for k in r if k.startswith("cpu:")}
+    shown = [g for g in GROUPS if g in found and g != REST]
+    shown += sorted(found - set(GROUPS))  # a group this table does not know yet
+    if not shown:
+        return ""
+    system = [g for g in shown if g != DRIVER]
+    lines = [
+        "CPU per request: ms of user+system CPU per completed request over each wrk run (psutil;",
+        "processes that exit during the run are counted from their parent's reaped-children time).",
+        "'total' adds every group but the driver and the rest of the machine.",
+        "",
+        "| scenario | clients | " + " | ".join(shown) + f" | total | {REST} (cores) |",
+        "| --- | ---: |" + " ---: |" * (len(shown) + 2),
+    ]
+    for name, (_, c, r) in zip(labels(rows), rows, strict=True):
+        done = r["requests"] or 1
+        per = {g: r.get(f"cpu:{g}", 0.0) * 1000 / done for g in shown}
+        rest_cores = r.get(f"cpu:{REST}", 0.0) / r["cpu_wall_s"]
+        lines.append(
+            f"| {name} | {c} | "
+            + " | ".join(f"{per[g]:.3f}" for g in shown)
+            + f" | {sum(per[g] for g in system):.3f} | {rest_cores:.2f} |"
+        )
+    lines += ["", *(f"- {g}: {GROUPS.get(g, g)}" for g in [*shown, REST])]
     return "\n".join(lines)
 
 

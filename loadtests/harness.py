@@ -112,42 +112,34 @@ class PortTaken(RuntimeError):
     """The server could not bind its port: something else took it after the probe."""
 
 
-class Server:
-    """A real `bentoml serve` subprocess on a free port, stopped with SIGTERM.
+class ServerProcess:
+    """A server subprocess in a session of its own on a free port, stopped with SIGTERM.
 
     If another listener takes the port between the probe and the bind, it starts again on a
-    new port (up to `attempts` times) instead of failing. `command(port)` replaces the
-    `bentoml serve` command line (e.g. `make serve`); `inherit_env=False` starts it with only
-    PATH, HOME and `env`, as a new user's shell would.
+    new port (up to `attempts` times) instead of failing; a `port` given by the caller is used
+    as it is. Subclasses say how to start it, when it is ready and how a taken port shows in its
+    log. `env` is the whole environment of the process.
     """
 
     def __init__(
         self,
-        target: str,
         env: Mapping[str, str],
         *,
         log: Path,
         timeout: float = 120,
         attempts: int = 3,
-        command: Callable[[int], list[str]] | None = None,
+        port: int | None = None,
         cwd: Path = PROJECT_DIR,
-        inherit_env: bool = True,
     ):
         self.log_path = log
-        base = os.environ if inherit_env else {k: os.environ[k] for k in ("PATH", "HOME")}
-        full_env = {**base, "BENTOML_CONFIG": str(PROJECT_DIR / "configuration.yaml"), **env}
-        full_env["BENTOML_HOME"] = private_home(
-            full_env.get("BENTOML_HOME", os.environ.get("BENTOML_HOME")), log.parent
-        )
         for attempt in range(1, attempts + 1):
-            self.port = free_port()
+            self.port = port or free_port()
             self.url = f"http://127.0.0.1:{self.port}"
             self._log = open(log, "ab" if attempt > 1 else "wb")  # noqa: SIM115 - closed in stop()
-            argv = [BENTOML, "serve", target, "--port", str(self.port), "--host", "127.0.0.1"]
             self.proc = subprocess.Popen(
-                command(self.port) if command else argv,
+                self.command(self.port),
                 cwd=cwd,
-                env=full_env,
+                env=dict(env),
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -156,47 +148,58 @@ class Server:
                 self.wait_ready(timeout)
                 return
             except PortTaken:
-                self.stop()
-                if attempt == attempts:
+                if attempt == attempts or port:
                     raise
+
+    def command(self, port: int) -> list[str]:
+        raise NotImplementedError
+
+    def ready(self) -> bool:
+        """One readiness probe (connection errors count as not ready)."""
+        raise NotImplementedError
+
+    def port_taken(self, log: str) -> bool:
+        return False
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 log = self.log()
-                failure = (
-                    PortTaken if f"Could not bind 127.0.0.1:{self.port}" in log else RuntimeError
-                )
+                self.stop()  # whatever it started may still run
+                failure = PortTaken if self.port_taken(log) else RuntimeError
                 raise failure(f"server exited {self.proc.returncode}:\n{log}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                if self.ready():
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
+        log = self.log()
         self.stop()
-        raise RuntimeError(f"server not ready after {timeout}s:\n{self.log()}")
+        raise RuntimeError(f"server not ready after {timeout}s:\n{log}")
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")[-5000:]
 
     def processes(self) -> list[psutil.Process]:
-        """The server and its workers (BentoML starts each worker in a session of its own)."""
+        """The server first, then its descendants and anything else left in its session (a
+        process whose parent died is no longer a descendant, but keeps the session)."""
         try:
             root = psutil.Process(self.proc.pid)
-            return [root, *root.children(recursive=True)]
+            found = [root, *root.children(recursive=True)]
         except psutil.NoSuchProcess:
-            return []
-
-    def worker(self, service: str) -> psutil.Process:
-        """The worker process of one service, e.g. "AttritionService"."""
-        for p in self.processes()[1:]:
-            cmd = p.cmdline()
-            if "--service-name" in cmd and cmd[cmd.index("--service-name") + 1] == service:
-                return p
-        raise LookupError(f"no worker for {service}")
+            found = []
+        known = {p.pid for p in found}
+        for p in psutil.process_iter():
+            try:
+                if p.pid not in known and os.getsid(p.pid) == self.proc.pid:
+                    found.append(p)
+            except (OSError, psutil.Error):
+                continue
+        return found
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         """Signal the server (SIGKILL: every process at once), then make sure none is left."""
@@ -212,8 +215,63 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
-        _, alive = psutil.wait_procs(procs[1:], timeout=10)
-        for p in alive:  # workers that outlived their arbiter
-            p.kill()
+        rest = [p for p in procs if p.pid != self.proc.pid]
+        _, alive = psutil.wait_procs(rest, timeout=10)
+        for p in alive:  # processes that outlived the server's own shutdown
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
         self._log.close()
         return self.proc.returncode
+
+
+class Server(ServerProcess):
+    """A real `bentoml serve` of `target` (a service or a Bento tag).
+
+    `command(port)` replaces the `bentoml serve` command line (e.g. `make serve`);
+    `inherit_env=False` starts it with only PATH, HOME and `env`, as a new user's shell would.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        env: Mapping[str, str],
+        *,
+        log: Path,
+        timeout: float = 120,
+        attempts: int = 3,
+        port: int | None = None,
+        command: Callable[[int], list[str]] | None = None,
+        cwd: Path = PROJECT_DIR,
+        inherit_env: bool = True,
+    ):
+        self.target = target
+        self.custom_command = command
+        base = os.environ if inherit_env else {k: os.environ[k] for k in ("PATH", "HOME")}
+        full_env = {**base, "BENTOML_CONFIG": str(PROJECT_DIR / "configuration.yaml"), **env}
+        full_env["BENTOML_HOME"] = private_home(
+            full_env.get("BENTOML_HOME", os.environ.get("BENTOML_HOME")), log.parent
+        )
+        super().__init__(
+            full_env, log=log, timeout=timeout, attempts=attempts, port=port, cwd=cwd
+        )
+
+    def command(self, port: int) -> list[str]:
+        if self.custom_command is not None:
+            return self.custom_command(port)
+        return [BENTOML, "serve", self.target, "--port", str(port), "--host", "127.0.0.1"]
+
+    def ready(self) -> bool:
+        return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+
+    def port_taken(self, log: str) -> bool:
+        return f"Could not bind 127.0.0.1:{self.port}" in log
+
+    def worker(self, service: str) -> psutil.Process:
+        """The worker process of one service, e.g. "AttritionService"."""
+        for p in self.processes()[1:]:
+            cmd = p.cmdline()
+            if "--service-name" in cmd and cmd[cmd.index("--service-name") + 1] == service:
+                return p
+        raise LookupError(f"no worker for {service}")
