@@ -253,9 +253,7 @@ class Server(ServerProcess):
         full_env["BENTOML_HOME"] = private_home(
             full_env.get("BENTOML_HOME", os.environ.get("BENTOML_HOME")), log.parent
         )
-        super().__init__(
-            full_env, log=log, timeout=timeout, attempts=attempts, port=port, cwd=cwd
-        )
+        super().__init__(full_env, log=log, timeout=timeout, attempts=attempts, port=port, cwd=cwd)
 
     def command(self, port: int) -> list[str]:
         if self.custom_command is not None:
