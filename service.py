@@ -9,7 +9,6 @@ from collections import deque
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-import aiohttp
 import anyio
 import bentoml
 import numpy as np
@@ -23,6 +22,7 @@ from sqlmodel import Session
 from auth.middleware import JWTAuthMiddleware, error_body, send_json
 from auth.tokens import create_token
 from auth.users import LockedOut, authenticate
+from deploy.lifecycle import Drain, call_with_retry
 from persistence.db import make_engine, upgrade
 from persistence.history import BadCursor, get_inference, list_inferences
 from persistence.inference_log import InferenceLog, Record, Spool, make_sink
@@ -164,7 +164,17 @@ class AttritionModel:
         )
         logger.info("runner scores with %s", "ONNX Runtime" if self.onnx else "scikit-learn")
         self.batch_sizes = runner_batch_histogram()
+        # Outlive the entry workers of this server, which may still have requests for us.
+        self.drain = Drain(
+            "AttritionModel",
+            delay=settings.shutdown_delay_seconds,
+            wait_for_callers=True,
+            timeout=settings.drain_timeout_seconds,
+        ).install()
         freeze_heap()
+
+    def __is_ready__(self) -> bool:
+        return not self.drain.draining
 
     @bentoml.api(
         batchable=settings.runner_batching,
@@ -283,7 +293,7 @@ def caller(request: Request) -> Any:
 class AttritionService:
     """Entry service: validates input, calls the runner, returns typed answers."""
 
-    model = bentoml.depends(AttritionModel)
+    model = bentoml.depends(AttritionModel, url=settings.model_url)
     model_ref = bentoml.models.BentoModel(MODEL_TAG)
 
     def __init__(self) -> None:
@@ -307,13 +317,23 @@ class AttritionService:
                 retry_interval=settings.log_retry_seconds,
                 metrics=log_metrics(),
             ).start()
+        self.drain = Drain(
+            "AttritionService",
+            delay=settings.shutdown_delay_seconds,
+            wait_for_callers=False,
+            timeout=settings.drain_timeout_seconds,
+        ).install()
         freeze_heap()
+
+    def __is_ready__(self) -> bool:
+        return not self.drain.draining
 
     @bentoml.on_deployment
     def migrate() -> None:
         """Check the auth settings and apply pending migrations, once, before workers start."""
         settings.secured()
-        upgrade(settings.sqlalchemy_url)
+        if settings.migrate_on_start:
+            upgrade(settings.sqlalchemy_url)
 
     @bentoml.on_shutdown
     def close(self) -> None:
@@ -322,18 +342,14 @@ class AttritionService:
         self.engine.dispose()
 
     async def _score(self, employees: list[Employee]) -> list[float]:
-        """Call the runner, retrying once when its connection was closed under the request.
-
-        BentoML 1.4.40's runner (uvicorn) closes idle keep-alive connections after 5 s while the
-        entry service's client keeps them for 15 s, so a request can be written to a connection
-        just as it closes (broken pipe / server disconnected). Scoring is pure: a retry is safe.
-        """
+        """Call the model service; retried while its connection fails (a keep-alive connection
+        closed under the request, or a model service restarting), up to model_retry_seconds.
+        Scoring is pure, so a retry is safe."""
         features = feature_matrix(employees)
-        try:
-            result = await self.model.to_async.predict_proba(features)
-        except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
-            logger.info("runner connection closed under the request (%s); retrying once", exc)
-            result = await self.model.to_async.predict_proba(features)
+        result = await call_with_retry(
+            lambda: self.model.to_async.predict_proba(features),
+            budget_seconds=settings.model_retry_seconds,
+        )
         return [float(p) for p in result]
 
     async def _infer(
