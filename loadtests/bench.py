@@ -12,11 +12,20 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from loadtests.harness import PROJECT_DIR, Server, auth_cli, inference_rows, temporary_database
+from loadtests.harness import (
+    PROJECT_DIR,
+    Server,
+    auth_cli,
+    inference_rows,
+    split_topology,
+    temporary_database,
+)
 
 SECRET = "bench-secret-" + "b" * 40
 LUA = PROJECT_DIR / "loadtests" / "wrk" / "predict.lua"
@@ -31,12 +40,18 @@ class Scenario:
     target: str = "service:AttritionService"
     path: str = "/predict/attrition"
     auth: bool = True
+    split: bool = False
 
 
 SCENARIOS = {
     s.name: s
     for s in [
         Scenario("full", "full service: auth, adaptive batching"),
+        Scenario(
+            "split",
+            "same, the model service on a server of its own, called by URL (split topology)",
+            split=True,
+        ),
         Scenario(
             "nobatch",
             "same, adaptive batching off",
@@ -126,6 +141,15 @@ def mint_token(env: dict[str, str]) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
+@contextmanager
+def closing_server(target: str, env: dict[str, str], log: Path) -> Iterator[Server]:
+    server = Server(target, env, log=log)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 RESULT = re.compile(r"RESULT (.*)")
 
 
@@ -196,8 +220,11 @@ def run(args: argparse.Namespace) -> int:
         if args.database_url:
             env["ATTRITION_DATABASE_URL"] = args.database_url
         token = mint_token(env) if sc.auth else ""
-        server = Server(sc.target, env, log=work / f"{name}.log")
-        try:
+        with ExitStack() as stack:
+            if sc.split:
+                _, (server,) = stack.enter_context(split_topology(env, work / name))
+            else:
+                server = stack.enter_context(closing_server(sc.target, env, work / f"{name}.log"))
             wrk(server.url, sc.path, bodies, token, 16, args.warmup)
             for c in levels:
                 result = wrk(server.url, sc.path, bodies, token, c, args.duration)
@@ -210,8 +237,6 @@ def run(args: argparse.Namespace) -> int:
                 )
                 batch_rows.append((name, b))
                 print(f"{name:>8} batch {b}", file=sys.stderr, flush=True)
-        finally:
-            server.stop()
     table = render(rows, args) + render_batch(batch_rows)
     print(table)
     REPORTS.mkdir(exist_ok=True)

@@ -127,12 +127,13 @@ class Server:
         log: Path,
         timeout: float = 120,
         attempts: int = 3,
+        port: int | None = None,
     ):
         self.log_path = log
         full_env = {**os.environ, "BENTOML_CONFIG": str(PROJECT_DIR / "configuration.yaml"), **env}
         full_env["BENTOML_HOME"] = private_home(full_env.get("BENTOML_HOME"), log.parent)
         for attempt in range(1, attempts + 1):
-            self.port = free_port()
+            self.port = port or free_port()
             self.url = f"http://127.0.0.1:{self.port}"
             self._log = open(log, "ab" if attempt > 1 else "wb")  # noqa: SIM115 - closed in stop()
             self.proc = subprocess.Popen(
@@ -148,7 +149,7 @@ class Server:
                 return
             except PortTaken:
                 self.stop()
-                if attempt == attempts:
+                if attempt == attempts or port:
                     raise
 
     def wait_ready(self, timeout: float) -> None:
@@ -208,3 +209,27 @@ class Server:
             p.kill()
         self._log.close()
         return self.proc.returncode
+
+
+ENTRY = "service:AttritionService"
+MODEL = "service:AttritionModel"
+
+
+@contextmanager
+def split_topology(
+    env: Mapping[str, str], work: Path, *, entries: int = 1, timeout: float = 120
+) -> Iterator[tuple[Server, list[Server]]]:
+    """The model service on a server of its own and `entries` entry servers calling it by URL
+    (ATTRITION_MODEL_URL), as separate pods would; stopped entries first, then the model."""
+    work.mkdir(parents=True, exist_ok=True)
+    model = Server(MODEL, env, log=work / "model.log", timeout=timeout)
+    started: list[Server] = []
+    try:
+        for n in range(entries):
+            entry_env = {**env, "ATTRITION_MODEL_URL": model.url}
+            started.append(Server(ENTRY, entry_env, log=work / f"entry-{n}.log", timeout=timeout))
+        yield model, started
+    finally:
+        for server in started:
+            server.stop()
+        model.stop()
