@@ -11,7 +11,7 @@ PORT ?= 3000
 # Tests use their own model store so they never touch (or depend on) yours.
 TEST_BENTOML_HOME ?= $(CURDIR)/build/bentoml-test
 
-.PHONY: help install train model migrate serve test test-fast lint build bench loadtest clean
+.PHONY: help install train model migrate serve test test-fast lint build container bench loadtest clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -52,6 +52,10 @@ lint: install ## ruff and mypy
 
 build: model ## Build a Bento (bentofile.yaml) with the pinned model
 	$(BIN)/bentoml build
+
+# Needs root for apt (podman, runc, mmdebstrap) where no Docker engine is available.
+container: model ## Build the Bento and an OCI image of it (attrition-service:<version>-<model>)
+	BIN=$(BIN) deploy/image/build.sh
 
 LOADTEST_ARGS ?=
 loadtest: model ## Locust against a fresh server on PostgreSQL, gated; checks log rows = predictions
