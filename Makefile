@@ -63,7 +63,7 @@ lint: install ## ruff, mypy, the Kubernetes overlays against the API schemas, ac
 		echo "deploy/k8s/overlays/$$name: valid against Kubernetes $(KUBE_VERSION)"; \
 	done
 	$(BIN)/actionlint .github/workflows/ci.yml
-	bash -n deploy/image/build.sh deploy/image/podman.sh deploy/image/base.sh
+	bash -n deploy/image/build.sh deploy/image/podman.sh deploy/image/base.sh deploy/image/postgres.sh
 
 build: model ## Build a Bento (bentofile.yaml) with the pinned model
 	$(BIN)/bentoml build
