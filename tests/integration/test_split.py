@@ -46,7 +46,11 @@ def split(
         "ATTRITION_MODEL_RETRY_SECONDS": "28",
     }
     with split_topology(env, work, entries=2) as (model, entries):
-        yield Split(model, entries, url, env)
+        split = Split(model, entries, url, env)
+        try:
+            yield split
+        finally:
+            split.model.stop()  # a test may have restarted it as a new server
 
 
 def scores(url: str, headers: dict[str, str], rows: list[dict[str, Any]]) -> list[httpx.Response]:
