@@ -21,8 +21,13 @@ model=$("$BIN/python" -c 'import bentoml; from settings import get_settings; pri
 tag="$version-${model#*:}"
 
 base_image=""
-if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
+# CONTAINER_ENGINE=podman|docker forces one (the tests run the image with podman); default: a
+# working Docker engine if there is one.
+engine=${CONTAINER_ENGINE:-}
+if [[ -z $engine ]] && command -v docker >/dev/null && docker info >/dev/null 2>&1; then
   engine=docker
+fi
+if [[ $engine == docker ]]; then
   build_opts=()
 else
   engine=podman

