@@ -60,7 +60,14 @@ ATTRITION_MODEL_TAG=$model "$BIN/bentoml" build -f build/bentofile.container.yam
 # BentoML 1.4.40 renders a Bento's dockerfile_template from a temporary copy of the Bento and
 # refuses it unless that copy lies under the working directory: give it one under ours.
 mkdir -p build/containerize
+previous=$("$engine" image inspect --format '{{.Id}}' "$IMAGE_NAME:$tag" 2>/dev/null || true)
 (cd build/containerize && TMPDIR=$PWD "$BIN/bentoml" containerize "attrition_service:$tag" \
   --backend "$engine" --image-tag "$IMAGE_NAME:$tag" "${build_opts[@]}")
+# A rebuild under the same tag (new code, same model) leaves the old image untagged: remove it
+# unless a container still uses it, or every test session leaves one behind.
+current=$("$engine" image inspect --format '{{.Id}}' "$IMAGE_NAME:$tag")
+if [[ -n $previous && $previous != "$current" ]]; then
+  "$engine" image rm "$previous" >/dev/null 2>&1 || true
+fi
 echo "$IMAGE_NAME:$tag" >build/image.txt
 echo "built $IMAGE_NAME:$tag ($engine)"

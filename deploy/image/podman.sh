@@ -4,10 +4,11 @@
 # What podman needs on the host: runc (crun refuses this kernel's hybrid cgroups), mmdebstrap
 # (the base image comes from Debian's packages, not a registry), catatonit (pods, e.g. `podman
 # kube play`, need an infra container, whose pause image podman builds from it: only recommended
-# by Debian's podman, so --no-install-recommends leaves it out).
+# by Debian's podman, so --no-install-recommends leaves it out), Debian's archive keyring
+# (mmdebstrap checks bookworm's signatures with it; preinstalled on Debian, not on Ubuntu).
 ensure_podman() {
   local missing=()
-  for pkg in podman runc mmdebstrap catatonit; do
+  for pkg in podman runc mmdebstrap catatonit debian-archive-keyring; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
   done
   if ((${#missing[@]})); then
