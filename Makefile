@@ -64,6 +64,7 @@ lint: install ## ruff, mypy, the Kubernetes overlays against the API schemas, ac
 	done
 	$(BIN)/actionlint .github/workflows/ci.yml
 	bash -n deploy/image/build.sh deploy/image/podman.sh deploy/image/base.sh deploy/image/postgres.sh
+	sh -n deploy/image/postgres-entrypoint.sh
 
 build: model ## Build a Bento (bentofile.yaml) with the pinned model
 	$(BIN)/bentoml build
