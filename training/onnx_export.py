@@ -2,12 +2,17 @@
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from sklearn.pipeline import Pipeline
 
 from training.schema import FEATURES, NUMERIC
+
+if TYPE_CHECKING:
+    # Only a type here: importing scikit-learn (and SciPy) was 40 % of every serving
+    # process's start (`python -X importtime -c "import service"`), which serves with ONNX.
+    from sklearn.pipeline import Pipeline
 
 log = logging.getLogger("attrition.onnx")
 TOLERANCE = 1e-6  # largest |p_onnx - p_sklearn| accepted on the whole dataset
@@ -47,7 +52,7 @@ def probabilities(sess, frame: pd.DataFrame) -> np.ndarray:  # type: ignore[no-u
     return sess.run(["probabilities"], feeds(frame))[0][:, 1]
 
 
-def export(pipeline: Pipeline, check_on: pd.DataFrame) -> OnnxExport:
+def export(pipeline: "Pipeline", check_on: pd.DataFrame) -> OnnxExport:
     """Convert with skl2onnx (float64 inputs) and compare with predict_proba on `check_on`."""
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import DoubleTensorType, StringTensorType

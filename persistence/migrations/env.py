@@ -4,7 +4,7 @@ from alembic import context
 from sqlmodel import SQLModel
 
 import persistence.models  # noqa: F401  (registers the tables on the metadata)
-from persistence.db import make_engine
+from persistence.db import MIGRATION_LOCK, make_engine
 
 config = context.config
 target_metadata = SQLModel.metadata
@@ -36,6 +36,10 @@ def run_online() -> None:
                 compare_type=True,
             )
             with context.begin_transaction():
+                if conn.dialect.name == "postgresql":
+                    # Replicas, a migration Job and on-deployment hooks may start together: the
+                    # first to take this lock migrates, the others wait, then find the head.
+                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
                 context.run_migrations()
     finally:
         engine.dispose()

@@ -1,5 +1,11 @@
 """Migrations build the schema on SQLite and PostgreSQL and match the SQLModel tables."""
 
+import os
+import subprocess
+import sys
+import time
+
+import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -7,8 +13,10 @@ from sqlalchemy import inspect
 from sqlmodel import Session, SQLModel
 
 from auth.users import LockedOut, authenticate, create_user, set_active
-from persistence.db import current_revision, make_engine, upgrade
+from persistence.db import MIGRATION_LOCK, current_revision, make_engine, upgrade
 from persistence.models import UserCreate
+from tests.conftest import PostgresDatabases
+from tests.helpers import PROJECT_DIR
 
 
 def test_upgrade_is_idempotent_and_at_head(url: str) -> None:
@@ -48,3 +56,47 @@ def test_lockout_and_disabled_users(url: str) -> None:
         set_active(session=session, username="lee", active=False)
         assert authenticate(session=session, username="lee", password="pa55word!", **kwargs) is None
     engine.dispose()
+
+
+def test_concurrent_migrations_queue_on_the_lock_and_all_succeed(
+    postgres: PostgresDatabases,
+) -> None:
+    # Replicas, a migration Job and on-deployment hooks may migrate at the same moment.
+    url = postgres.create()
+    with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "persistence", "migrate"],
+                cwd=PROJECT_DIR,
+                env={**os.environ, "ATTRITION_DATABASE_URL": url},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for _ in range(4)
+        ]
+        deadline = time.monotonic() + 120
+        while waiting_for_lock(holder) < 4 and time.monotonic() < deadline:
+            if any(p.poll() is not None for p in procs):
+                break
+            time.sleep(0.2)
+        assert waiting_for_lock(holder) == 4, "every migrator waits for the one holding the lock"
+        assert [p.poll() for p in procs] == [None] * 4
+        holder.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+        outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, "\n".join(outputs)
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), SQLModel.metadata) == []
+        versions = conn.exec_driver_sql("SELECT count(*) FROM alembic_version").scalar()
+    engine.dispose()
+    assert versions == 1
+
+
+def waiting_for_lock(conn: psycopg.Connection) -> int:
+    row = conn.execute(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    ).fetchone()
+    return int(row[0]) if row else 0

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# make container: build the Bento and an OCI image of it, tagged <project version>-<model version>
+# (e.g. attrition-service:0.1.0-x5mglnhkykwuwax4), and write that reference to build/image.txt.
+# With a Docker engine: `bentoml containerize` on BentoML's default base (python:3.11-slim).
+# Without one (no Docker engine, no Docker Hub): podman from Debian's packages and a base image
+# bootstrapped from Debian's packages; whatever is missing is installed here.
+set -euo pipefail
+shopt -s inherit_errexit
+PROJECT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$PROJECT_DIR"
+BIN=${BIN:-$PROJECT_DIR/.venv/bin}
+IMAGE_NAME=${IMAGE_NAME:-attrition-service}
+# shellcheck source=deploy/image/podman.sh
+source deploy/image/podman.sh
+# shellcheck source=deploy/image/base.sh
+source deploy/image/base.sh
+
+version=$("$BIN/python" -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
+# The model the image serves: ATTRITION_MODEL_TAG (default attrition:latest), resolved once.
+model=$("$BIN/python" -c 'import bentoml; from settings import get_settings; print(bentoml.models.get(get_settings().model_tag).tag)')
+tag="$version-${model#*:}"
+
+base_image=""
+# CONTAINER_ENGINE=podman|docker forces one (the tests run the image with podman); default: a
+# working Docker engine if there is one.
+engine=${CONTAINER_ENGINE:-}
+if [[ -z $engine ]] && command -v docker >/dev/null && docker info >/dev/null 2>&1; then
+  engine=docker
+fi
+if [[ $engine == docker ]]; then
+  build_opts=()
+else
+  engine=podman
+  setup_podman
+  base_image=$(ensure_base_image)
+  build_opts=(--opt network=host)
+fi
+
+# The build's bentofile: the project's, with the pinned model baked in (and the local base).
+mkdir -p build
+"$BIN/python" - "$model" "$base_image" >build/bentofile.container.yaml <<'PY'
+import sys
+
+import yaml
+
+model, base = sys.argv[1:]
+spec = yaml.safe_load(open("bentofile.yaml"))
+spec["envs"] = [e for e in spec.get("envs", []) if e["name"] != "ATTRITION_MODEL_TAG"]
+spec["envs"].append({"name": "ATTRITION_MODEL_TAG", "value": model})
+if base:
+    spec["docker"]["base_image"] = base
+    for key in ("distro", "python_version"):  # only describe BentoML's default base
+        spec["docker"].pop(key, None)
+yaml.safe_dump(spec, sys.stdout, sort_keys=False)
+PY
+
+"$BIN/bentoml" delete -y "attrition_service:$tag" >/dev/null 2>&1 || true
+ATTRITION_MODEL_TAG=$model "$BIN/bentoml" build -f build/bentofile.container.yaml \
+  --version "$tag" --output tag >/dev/null
+# BentoML 1.4.40 renders a Bento's dockerfile_template from a temporary copy of the Bento and
+# refuses it unless that copy lies under the working directory: give it one under ours.
+mkdir -p build/containerize
+previous=$("$engine" image inspect --format '{{.Id}}' "$IMAGE_NAME:$tag" 2>/dev/null || true)
+(cd build/containerize && TMPDIR=$PWD "$BIN/bentoml" containerize "attrition_service:$tag" \
+  --backend "$engine" --image-tag "$IMAGE_NAME:$tag" "${build_opts[@]}")
+# A rebuild under the same tag (new code, same model) leaves the old image untagged: remove it
+# unless a container still uses it, or every test session leaves one behind.
+current=$("$engine" image inspect --format '{{.Id}}' "$IMAGE_NAME:$tag")
+if [[ -n $previous && $previous != "$current" ]]; then
+  "$engine" image rm "$previous" >/dev/null 2>&1 || true
+fi
+echo "$IMAGE_NAME:$tag" >build/image.txt
+echo "built $IMAGE_NAME:$tag ($engine)"
