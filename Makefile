@@ -28,8 +28,8 @@ install: $(VENV)/.installed ## Create .venv and install the pinned dependencies
 train: install ## Train, evaluate and save a new model to the BentoML model store
 	$(BIN)/python -m training
 
-model: install ## Train a model only if the store has none
-	@$(BIN)/bentoml models get attrition:latest >/dev/null 2>&1 || $(BIN)/python -m training
+model: install ## Train a model only if the store has none this code can serve
+	$(BIN)/python -m training --if-missing
 
 migrate: install ## Apply database migrations (ATTRITION_DATABASE_URL, default SQLite in data/)
 	$(BIN)/python -m persistence migrate

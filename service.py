@@ -665,7 +665,7 @@ class RecordedOutcomes(BaseModel):
     "/outcomes",
     status_code=201,
     response_model=RecordedOutcomes,
-    responses={404: {}, 409: {}, 422: {}},
+    responses={400: {}, 404: {}, 409: {}},
 )
 def post_outcomes(
     request: Request,
@@ -675,7 +675,7 @@ def post_outcomes(
     """What became of scored employees (role `outcomes`): all recorded, or none.
 
     404 for an id that is unknown or another caller's (admins may use any), 409 for an outcome
-    already recorded (send `correction: true` to replace it; the history is kept), 422 for an
+    already recorded (send `correction: true` to replace it; the history is kept), 400 for an
     invalid body, an observation in the future or before the prediction.
     """
     who = caller(request)

@@ -44,7 +44,7 @@ class OutcomesIn(BaseModel):
 
 @dataclass(frozen=True)
 class Problem:
-    status: int  # 404 unknown (or someone else's) id, 409 duplicate, 422 invalid
+    status: int  # 404 unknown (or someone else's) id, 409 duplicate, 400 invalid
     loc: tuple[str | int, ...]
     msg: str
     type: str
@@ -54,7 +54,7 @@ class OutcomesRefused(ValueError):
     def __init__(self, problems: list[Problem]):
         self.problems = problems
         # Most fundamental first: an invalid body, then unknown ids, then conflicts.
-        self.status = min(problems, key=lambda p: (p.status != 422, p.status != 404)).status
+        self.status = min(problems, key=lambda p: (p.status != 400, p.status != 404)).status
         super().__init__("; ".join(p.msg for p in problems))
 
 
@@ -91,7 +91,7 @@ def record_outcomes(
         inference = found.get(item.inference_id)
         if item.inference_id in seen:
             problems.append(
-                Problem(422, (*loc, "inference_id"), "listed twice in this request", "duplicate")
+                Problem(400, (*loc, "inference_id"), "listed twice in this request", "duplicate")
             )
             continue
         seen.add(item.inference_id)
@@ -99,10 +99,10 @@ def record_outcomes(
             problems.append(Problem(404, (*loc, "inference_id"), "no such inference", "not_found"))
             continue
         if item.observed_at > now + CLOCK_SKEW:
-            problems.append(Problem(422, (*loc, "observed_at"), "is in the future", "future"))
+            problems.append(Problem(400, (*loc, "observed_at"), "is in the future", "future"))
         elif item.observed_at < inference.created_at - BEFORE_PREDICTION:
             msg = f"is more than a day before the prediction ({inference.created_at.isoformat()})"
-            problems.append(Problem(422, (*loc, "observed_at"), msg, "before_prediction"))
+            problems.append(Problem(400, (*loc, "observed_at"), msg, "before_prediction"))
         previous = latest.get(item.inference_id)
         if previous is not None and not item.correction:
             msg = "an outcome is already recorded; send correction: true to replace it"

@@ -33,16 +33,12 @@ USERS = {
 
 @pytest.fixture(scope="session")
 def model_tag() -> str:
-    """Tag of a model trained on the reference data, trained now if the test store has none."""
-    import bentoml
-
+    """Tag of a model trained on the reference data, trained now if the test store has none
+    that carries what the service needs."""
     from training.data import load_reference
-    from training.train import save, train
+    from training.train import current_model, save, train
 
-    try:
-        return str(bentoml.models.get("attrition:latest").tag)
-    except bentoml.exceptions.NotFound:
-        return save(train(load_reference()))
+    return current_model() or save(train(load_reference()))
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from training.data import DataError, load_csv, load_reference
-from training.train import save, summary, train
+from training.train import current_model, save, summary, train
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,7 +18,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-size", type=float, default=0.2)
     parser.add_argument("--no-save", action="store_true", help="evaluate only")
     parser.add_argument("--card", help="also write the model card (HTML) to this file")
+    parser.add_argument(
+        "--if-missing",
+        action="store_true",
+        help="do nothing if the store's newest model already carries what the service needs",
+    )
     args = parser.parse_args(argv)
+    if args.if_missing and (tag := current_model()):
+        print(f"Model store has {tag}; not training (drop --if-missing to train anyway)")
+        return 0
 
     started = time.perf_counter()
     try:

@@ -31,6 +31,9 @@ from training.pipeline import C_GRID, FAMILIES, INNER_FOLDS, build_estimator, fi
 from training.schema import FEATURES
 
 MODEL_NAME = "attrition"
+# What a saved model carries; bump it when the service starts to need something new from it.
+# 2: the exact explainer, the monitoring reference sample and the model card.
+ARTIFACT_VERSION = 2
 CV_METRICS = ("roc_auc", "pr_auc", "f1", "brier")
 
 
@@ -134,6 +137,7 @@ def train(
         "n": len(y_test),
     }
     metadata = {
+        "artifact_version": ARTIFACT_VERSION,
         "model_family": best.family,
         "threshold": threshold,
         "threshold_rule": "maximise F1 on out-of-fold CV probabilities of the training split",
@@ -194,6 +198,19 @@ def train(
     )
     result.card = render_card(result, x_train, y_train)
     return result
+
+
+def current_model() -> str | None:
+    """Tag of the newest stored model that carries everything this code needs, if any."""
+    import bentoml
+
+    try:
+        model = bentoml.models.get(f"{MODEL_NAME}:latest")
+    except bentoml.exceptions.NotFound:
+        return None
+    if model.info.metadata.get("artifact_version", 1) < ARTIFACT_VERSION:
+        return None
+    return str(model.tag)
 
 
 def save(result: TrainingResult) -> str:

@@ -216,15 +216,15 @@ def test_outcomes_only_for_own_predictions_unless_admin(stack: Stack) -> None:
 def test_outcome_validation_duplicates_and_corrections(stack: Stack) -> None:
     [a, b] = predicted_ids(stack, "hr", 2)
     r = outcomes(stack, [{"inference_id": a, "outcome": "left", "observed_at": soon(2)}])
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["outcomes", 0, "observed_at"]
+    assert r.status_code == 400 and r.json()["detail"][0]["loc"] == ["outcomes", 0, "observed_at"]
     r = outcomes(stack, [{"inference_id": a, "outcome": "left", "observed_at": soon(-2)}])
-    assert r.status_code == 422 and r.json()["detail"][0]["type"] == "before_prediction"
+    assert r.status_code == 400 and r.json()["detail"][0]["type"] == "before_prediction"
     r = outcomes(stack, [{"inference_id": a, "outcome": "quit", "observed_at": soon()}])
-    assert r.status_code == 422
+    assert r.status_code == 400
     r = outcomes(
         stack, [{"inference_id": a, "outcome": "left", "observed_at": "2027-01-01T00:00:00"}]
     )
-    assert r.status_code == 422  # no timezone
+    assert r.status_code == 400  # no timezone
     assert (
         outcomes(
             stack, [{"inference_id": a, "outcome": "stayed", "observed_at": soon()}]

@@ -69,7 +69,9 @@ def terminal(
 
 
 def test_the_quick_start_lines_work_as_written(checkout: Path, served: Server) -> None:
-    script = readme_block("create-user alice").replace("localhost:3000", f"localhost:{served.port}")
+    script = readme_block(".venv/bin/python -m auth create-user alice").replace(
+        "localhost:3000", f"localhost:{served.port}"
+    )
     out = terminal(checkout, script)
     assert out.returncode == 0, out.stderr
     assert '"probability":' in out.stdout and '"label":' in out.stdout, out.stdout

@@ -99,7 +99,7 @@ def test_future_and_before_prediction_are_refused(engine) -> None:  # type: igno
     with Session(engine) as session:
         a, b = inference(session, "hr"), inference(session, "hr")
         err = refused(session, [item(a, days_after=91), item(b, days_after=-2)])
-        assert err.status == 422
+        assert err.status == 400
         assert [(p.loc, p.type) for p in err.problems] == [
             (("outcomes", 0, "observed_at"), "future"),
             (("outcomes", 1, "observed_at"), "before_prediction"),
@@ -118,5 +118,5 @@ def test_duplicate_needs_a_correction_which_adds_a_revision(engine) -> None:  # 
         [fixed] = post(session, [item(mine, "left", correction=True)])
         assert fixed.revision == 1
         assert refused(session, [item(inference(session, "hr"), correction=True)]).status == 409
-        assert refused(session, [item(mine), item(mine, correction=True)]).status == 422
+        assert refused(session, [item(mine), item(mine, correction=True)]).status == 400
     assert list(read_outcomes(engine=engine, inference_ids=[mine])["outcome"]) == ["left"]
