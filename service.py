@@ -14,6 +14,7 @@ import anyio
 import bentoml
 import numpy as np
 import pandas as pd
+from bentoml.exceptions import ServiceUnavailable
 from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -23,9 +24,10 @@ from sqlmodel import Session
 from auth.middleware import JWTAuthMiddleware, error_body, send_json
 from auth.tokens import create_token
 from auth.users import LockedOut, authenticate
+from persistence import inference_log
 from persistence.db import make_engine, upgrade
 from persistence.history import BadCursor, get_inference, list_inferences
-from persistence.inference_log import InferenceLog, Record, Spool, make_sink
+from persistence.inference_log import InferenceLog, LogUnavailable, Record
 from persistence.metrics import log_metrics, rejected_counter, runner_batch_histogram
 from persistence.models import InferencePublic
 from settings import get_settings
@@ -123,6 +125,23 @@ class Prediction(BaseModel):
     model_tag: str = Field(description="Model that made the prediction.")
 
 
+class EmployeeInput(Employee):
+    """An employee to score: the model's features, and optionally your reference for them."""
+
+    employee_ref: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$",
+        description="Your reference for this employee (an HR system id, not a name): stored with "
+        "the prediction so its records can be found and erased; never sent to the model.",
+        examples=["E-000123"],
+    )
+
+
+NOT_INPUTS = {"employee_ref"}  # kept in its own column, not in the model's recorded inputs
+
+
 class BatchItem(BaseModel):
     index: int = Field(description="Position of the employee in the request.")
     probability: float = Field(ge=0, le=1)
@@ -133,7 +152,9 @@ class BatchRequest(BaseModel):
     """Employees to score together; results come back in the same order."""
 
     model_config = ConfigDict(extra="forbid")
-    employees: Annotated[list[Employee], Field(min_length=1, max_length=settings.max_batch_size)]
+    employees: Annotated[
+        list[EmployeeInput], Field(min_length=1, max_length=settings.max_batch_size)
+    ]
 
 
 class BatchPrediction(BaseModel):
@@ -298,15 +319,7 @@ class AttritionService:
         )
         self.log: InferenceLog | None = None
         if settings.log_enabled:
-            self.log = InferenceLog(
-                make_sink(settings.sqlalchemy_url, settings.log_write_method),
-                Spool(settings.data_dir / "spool"),
-                batch_size=settings.log_batch_size,
-                flush_interval=settings.log_flush_interval_ms / 1000,
-                queue_size=settings.log_queue_size,
-                retry_interval=settings.log_retry_seconds,
-                metrics=log_metrics(),
-            ).start()
+            self.log = inference_log.from_settings(settings, log_metrics())
         freeze_heap()
 
     @bentoml.on_deployment
@@ -318,7 +331,7 @@ class AttritionService:
     @bentoml.on_shutdown
     def close(self) -> None:
         if self.log is not None:
-            self.log.close()  # flush: write or spool everything queued before the worker exits
+            self.log.close()  # write what waits; what cannot be written is replayed at start
         self.engine.dispose()
 
     async def _score(self, employees: list[Employee]) -> list[float]:
@@ -337,15 +350,16 @@ class AttritionService:
         return [float(p) for p in result]
 
     async def _infer(
-        self, employees: list[Employee], ctx: bentoml.Context, *, batch: bool
+        self, employees: list[EmployeeInput], ctx: bentoml.Context, *, batch: bool
     ) -> tuple[str, list[float]]:
-        """The one path every prediction takes: score, then hand one record per row to the log."""
+        """The one path every prediction takes: score, then put one record per row in the log
+        (on this machine's storage) before the answer can be sent."""
         started = time.perf_counter()
         request_id = uuid.uuid4()
         if settings.runner_batching:
             probs = await self.coalescer.score(employees)
         else:
-            probs = await self._score(employees)
+            probs = await self._score(list(employees))
         latency_ms = (time.perf_counter() - started) * 1000
         if self.log is not None:
             principal = caller(ctx.request)
@@ -360,18 +374,20 @@ class AttritionService:
             batch_id = str(request_id) if batch else None
             records = [
                 Record(record_id, created_at, subject, route, MODEL_TAG, batch_id,
-                       i if batch else None, employee.model_dump_json(), p,
-                       label(p, threshold), threshold, latency_ms)
+                       i if batch else None, employee.model_dump_json(exclude=NOT_INPUTS), p,
+                       label(p, threshold), threshold, latency_ms, employee.employee_ref)
                 for i, (record_id, employee, p) in enumerate(zip(ids, employees, probs, strict=True))
             ]  # fmt: skip
-            overflow = self.log.submit(records)
-            if overflow:  # buffer full: keep them on disk before answering
-                await anyio.to_thread.run_sync(self.log.overflow, overflow)
+            try:
+                await self.log.record(records)
+            except LogUnavailable as exc:  # no record, no answer
+                logger.error("prediction %s not answered: %s", request_id, exc)
+                raise ServiceUnavailable("the prediction could not be recorded; retry") from exc
         ctx.response.headers["X-Request-ID"] = str(request_id)
         return str(request_id), probs
 
     @bentoml.api(route="/predict/attrition")
-    async def predict(self, employee: Employee, /, ctx: bentoml.Context) -> Prediction:
+    async def predict(self, employee: EmployeeInput, /, ctx: bentoml.Context) -> Prediction:
         """Attrition risk of one employee."""
         request_id, [p] = await self._infer([employee], ctx, batch=False)
         return Prediction(
