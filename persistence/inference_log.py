@@ -253,7 +253,11 @@ class InferenceLog:
         last_try = last_scan = time.monotonic()
         while True:
             stopping = self.stopping.is_set()
-            if not stopping and self.wal.backlog_bytes() < self.batch_bytes:
+            if stopping:
+                pass
+            elif not self.healthy:  # the next retry; a backlog must not make it spin
+                self.stopping.wait(max(last_try + self.retry_interval - time.monotonic(), 0))
+            elif self.wal.backlog_bytes() < self.batch_bytes:
                 self.wakeup.wait(self.flush_interval)
                 self.wakeup.clear()
             now = time.monotonic()

@@ -101,7 +101,8 @@ class PostgresSink:
                 self._insert(conn, columns, data, fresh)
             conn.commit()
         except (psycopg.DataError, psycopg.IntegrityError) as exc:
-            self.conn.rollback()
+            if self.conn is not None:
+                self.conn.rollback()
             raise RowsRefused(f"{exc.sqlstate}: {exc}"[:1000]) from exc
         except Exception:
             self.close()

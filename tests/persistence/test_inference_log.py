@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg
 import pytest
 from sqlalchemy import text
@@ -232,6 +233,19 @@ def test_records_stay_in_the_file_while_the_database_is_away(url: str, tmp_path:
     up.close()  # its writer replays the stopped worker's directory first
     assert count(url) == 30
     assert list((tmp_path / "wal").iterdir()) == []
+
+
+def test_a_writer_waiting_for_the_database_does_not_spin(tmp_path: Path) -> None:
+    log = InferenceLog(dead_postgres(), tmp_path, batch_bytes=4096, retry_interval=0.5).start()
+    for i in range(50):  # a backlog many batches deep keeps asking for a flush
+        log.append([record(j) for j in range(i * 20, i * 20 + 20)])
+    time.sleep(0.5)
+    writer = next(t for t in psutil.Process().threads() if t.id == log.thread.native_id)
+    time.sleep(2)
+    later = next(t for t in psutil.Process().threads() if t.id == log.thread.native_id)
+    log.close()
+    busy = (later.user_time + later.system_time) - (writer.user_time + writer.system_time)
+    assert busy < 0.2, f"the writer used {busy:.2f} s of CPU in 2 s while waiting"
 
 
 class Flaky:
