@@ -22,7 +22,7 @@ from typing import Any
 import psutil
 import psycopg
 
-from loadtests.harness import temporary_database
+from loadtests.harness import database_cpu, temporary_database
 from persistence import copytext, partitions
 from persistence.db import upgrade
 from persistence.inference_log import COLUMNS, Record, encode
@@ -116,24 +116,6 @@ def rows_writer(url: str, binary: bool = False) -> Callable[[list[Record]], None
     return write
 
 
-def backend_cpu(url: str) -> float:
-    """CPU seconds of every backend connected to this database."""
-    name = url.rsplit("/", 1)[1]
-    total = 0.0
-    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn:
-        pids = conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-            (name,),
-        ).fetchall()
-    for (pid,) in pids:
-        try:
-            times = psutil.Process(pid).cpu_times()
-            total += times.user + times.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
 def run(variant: Variant, rows: list[dict[str, Any]], n: int, batch: int, writers: int) -> str:
     with temporary_database("attrition_logbench") as url:
         upgrade(url, variant.revision)
@@ -148,7 +130,7 @@ def run(variant: Variant, rows: list[dict[str, Any]], n: int, batch: int, writer
         for f in funcs:  # connect and warm up outside the timing
             f(records(rows, 10))
         me = psutil.Process(os.getpid())
-        cpu0, pg0 = sum(me.cpu_times()[:2]), backend_cpu(url)
+        cpu0, pg0 = sum(me.cpu_times()[:2]), database_cpu(url)
         started = time.perf_counter()
 
         def work(write: Callable[[list[Record]], None], data: list[Record]) -> None:
@@ -161,7 +143,7 @@ def run(variant: Variant, rows: list[dict[str, Any]], n: int, batch: int, writer
         for t in threads:
             t.join()
         seconds = time.perf_counter() - started
-        cpu, pg = sum(me.cpu_times()[:2]) - cpu0, backend_cpu(url) - pg0
+        cpu, pg = sum(me.cpu_times()[:2]) - cpu0, database_cpu(url) - pg0
         total = sum(len(s) for s in shares)
         return (
             f"| {variant.description} | {writers} | {total / seconds:,.0f} | {1e6 * pg / total:.1f}"
