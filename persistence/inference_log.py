@@ -261,16 +261,21 @@ class InferenceLog:
                 self.wakeup.wait(self.flush_interval)
                 self.wakeup.clear()
             now = time.monotonic()
-            if self.healthy or stopping or now - last_try >= self.retry_interval:
+            try:
+                if self.healthy or stopping or now - last_try >= self.retry_interval:
+                    last_try = now
+                    self._drain()
+                    if self.healthy and (self.orphaned or now - last_scan >= ORPHAN_SCAN_SECONDS):
+                        last_scan = now
+                        self._replay()
+                self.wal.rotate_if_due()
+                self.metrics.observe(
+                    backlog=self.wal.backlog_records(), dead_letters=self.dead_letters.count()
+                )
+            except Exception:  # noqa: BLE001 - the writer must outlive anything (a full disk)
+                log.exception("inference log writer failed; retrying")
+                self.healthy = False
                 last_try = now
-                self._drain()
-                if self.healthy and (self.orphaned or now - last_scan >= ORPHAN_SCAN_SECONDS):
-                    last_scan = now
-                    self._replay()
-            self.wal.rotate_if_due()
-            self.metrics.observe(
-                backlog=self.wal.backlog_records(), dead_letters=self.dead_letters.count()
-            )
             if stopping:
                 break
 

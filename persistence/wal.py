@@ -111,10 +111,15 @@ class WriteAheadLog:
         path = self.path / f"{seq:08d}.log"
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_APPEND, 0o600)
         head = header(self.columns)
-        write_all(fd, head)
-        if self.fsync:
-            os.fdatasync(fd)
-            fsync_dir(self.path)
+        try:
+            write_all(fd, head)
+            if self.fsync:
+                os.fdatasync(fd)
+                fsync_dir(self.path)
+        except OSError:  # disk full: no half-made segment is left behind
+            os.close(fd)
+            path.unlink()
+            raise
         segment = Segment(seq, path, fd, self.columns, len(head), len(head), len(head))
         self.segments.append(segment)
         return segment
@@ -180,7 +185,10 @@ class WriteAheadLog:
         """The database has the next nbytes of this segment."""
         segment.committed += nbytes
         self.committed_records += records
-        os.pwrite(self.marker_fd, marker(segment.seq, segment.committed), 0)
+        try:
+            os.pwrite(self.marker_fd, marker(segment.seq, segment.committed), 0)
+        except OSError:  # only a shortcut for replays, which ignore rows already in
+            pass
         if segment is not self.active and segment.committed >= segment.end:
             self._drop(segment)
 
@@ -196,10 +204,14 @@ class WriteAheadLog:
         if not aged and active.end < SEGMENT_MAX_BYTES:
             return
         with self.lock:
-            if self.fsync:
-                os.fdatasync(active.fd)
-                self.synced = self.position
-            self.active = self._open_segment(active.seq + 1)
+            try:
+                if self.fsync:
+                    os.fdatasync(active.fd)
+                    self.synced = self.position
+                self.active = self._open_segment(active.seq + 1)
+            except OSError as exc:  # disk full: keep appending to this one, try again later
+                log.warning("cannot start a new write-ahead segment: %s", exc)
+                return
         if active.committed >= active.end:
             self._drop(active)
 

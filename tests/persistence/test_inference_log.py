@@ -21,7 +21,14 @@ from sqlalchemy import text
 
 from persistence import wal
 from persistence.db import make_engine
-from persistence.inference_log import COLUMNS, InferenceLog, Record, directory, encode
+from persistence.inference_log import (
+    COLUMNS,
+    InferenceLog,
+    LogUnavailable,
+    Record,
+    directory,
+    encode,
+)
 from persistence.sinks import PostgresSink, RowsRefused, make_sink
 from tests.helpers import PROJECT_DIR, free_port
 
@@ -299,6 +306,29 @@ def test_segments_are_deleted_once_written(
     assert len(seen) > 3  # it rotated
     assert len(live) <= 2  # and deleted the written ones
     assert count(url) == 20
+
+
+def test_a_full_disk_refuses_records_and_the_writer_carries_on(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = InferenceLog(make_sink(url), tmp_path, flush_interval=0.02).start()
+    log.append([record(1)])
+    real_open = wal.WriteAheadLog._open_segment
+
+    def full(self: wal.WriteAheadLog, seq: int) -> wal.Segment:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(wal.WriteAheadLog, "_open_segment", full)
+    monkeypatch.setattr(wal, "SEGMENT_MAX_AGE", 0.0)  # the writer tries to rotate at once
+    time.sleep(0.3)
+    monkeypatch.setattr(wal.WriteAheadLog, "_open_segment", real_open)
+    log.append([record(2)])  # the writer survived and still has a segment to append to
+    wait_for(lambda: log.state()["backlog_records"] == 0)
+    assert log.thread.is_alive()
+    log.close()
+    with pytest.raises(LogUnavailable):  # closed: no record can be kept, so no answer
+        log.append([record(3)])
+    assert count(url) == 2
 
 
 CRASHER = """

@@ -1,16 +1,20 @@
 """Migrations build the schema on SQLite and PostgreSQL and match the SQLModel tables."""
 
+import json
+import uuid
+from datetime import UTC, datetime
+
 import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
-from sqlmodel import Session, SQLModel
+from sqlalchemy import inspect, text
+from sqlmodel import Session, SQLModel, col, select
 
 from auth.users import LockedOut, authenticate, create_user, set_active
 from persistence import partitions
 from persistence.db import current_revision, make_engine, upgrade
-from persistence.models import UserCreate
+from persistence.models import Inference, UserCreate
 
 
 def test_upgrade_is_idempotent_and_at_head(url: str) -> None:
@@ -53,4 +57,45 @@ def test_lockout_and_disabled_users(url: str) -> None:
         )
         set_active(session=session, username="lee", active=False)
         assert authenticate(session=session, username="lee", password="pa55word!", **kwargs) is None
+    engine.dispose()
+
+
+def test_0004_keeps_the_logged_rows_both_ways(url: str) -> None:
+    """0004 rebuilds the inference log (partitioned, json inputs): no row may be lost."""
+    from alembic import command
+
+    from persistence.db import alembic_config
+
+    command.downgrade(alembic_config(url), "0002")
+    rows = [
+        (uuid.uuid4(), datetime(2025, m, 3, 9, tzinfo=UTC), f"user{m}", {"Age": 30 + m})
+        for m in (1, 2, 12)
+    ]
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        for rid, at, subject, inputs in rows:
+            conn.execute(
+                text(
+                    "INSERT INTO inferences (id, created_at, subject, route, model_tag, inputs,"
+                    " probability, label, threshold, latency_ms) VALUES (:id, :at, :subject,"
+                    " '/predict/attrition', 'm', :inputs, 0.5, 'Yes', 0.35, 1.0)"
+                ),
+                {"id": rid if url.startswith("postgresql") else rid.hex, "at": at,
+                 "subject": subject, "inputs": json.dumps(inputs)},
+            )  # fmt: skip
+
+    def logged() -> list[tuple[str, str, dict[str, int]]]:
+        with Session(engine) as session:
+            found = session.exec(select(Inference).order_by(col(Inference.created_at))).all()
+            return [(str(i.id), i.subject, i.inputs) for i in found]
+
+    upgrade(url)
+    expected = [(str(rid), subject, inputs) for rid, _, subject, inputs in rows]
+    assert logged() == expected
+    command.downgrade(alembic_config(url), "0002")
+    with engine.connect() as conn:
+        back = conn.execute(text("SELECT subject FROM inferences ORDER BY created_at")).scalars()
+        assert list(back) == ["user1", "user2", "user12"]
+    upgrade(url)
+    assert logged() == expected
     engine.dispose()
