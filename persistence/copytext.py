@@ -21,28 +21,7 @@ def field(value: Any) -> str:
 
 
 def line(values: tuple[Any, ...]) -> str:
-    """One row as a line. Fast path: join first, and escape field by field only when the
-    line shows something to escape (3x faster for a record with 1 KB of JSON inputs)."""
-    nulls = 0
-    parts = []
-    for v in values:
-        if type(v) is str:
-            parts.append(v)
-        elif v is None:
-            parts.append(NULL)
-            nulls += 1
-        elif isinstance(v, str):  # a str subclass (an enum): its text, not its repr
-            parts.append(str(v))
-        else:
-            parts.append(repr(v))
-    text = "\t".join(parts)
-    if (
-        text.count("\\") == nulls  # only the \N of the NULLs
-        and text.count("\t") == len(values) - 1
-        and "\n" not in text
-        and "\r" not in text
-    ):
-        return text + "\n"
+    """One row as a line (persistence.inference_log.encode does whole requests faster)."""
     return "\t".join([field(v) for v in values]) + "\n"
 
 

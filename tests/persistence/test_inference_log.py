@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from sqlalchemy import text
 
-from persistence import wal
+from persistence import copytext, wal
 from persistence.db import make_engine
 from persistence.inference_log import (
     COLUMNS,
@@ -130,6 +130,15 @@ def test_any_text_round_trips_exactly(url: str, tmp_path: Path) -> None:
     ]
     stored = json.loads(stored) if isinstance(stored, str) else stored
     assert stored == json.loads(records[-1].inputs)
+
+
+def test_the_fast_encoding_equals_the_careful_one() -> None:
+    tricky = [record(i, subject=t, employee_ref=t or None) for i, t in enumerate(TEXTS)]
+    plain = [record(i, batch_id=str(uuid.uuid4()), position=i) for i in range(50)]
+    for records in (plain, tricky, plain + tricky[3:4] + plain):
+        data, n, refused = encode(records)
+        assert data == "".join(copytext.line(r) for r in records).encode()
+        assert (n, refused) == (len(records), [])
 
 
 def test_unstorable_records_become_dead_letters_and_the_rest_is_written(
