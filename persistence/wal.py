@@ -135,6 +135,10 @@ class WriteAheadLog:
             try:
                 write_all(segment.fd, data)
             except OSError as exc:  # disk full, I/O error: no record, so no answer
+                try:  # and no half-written line for the next append to follow
+                    os.ftruncate(segment.fd, segment.end)
+                except OSError:
+                    log.exception("cannot cut a partial write from %s", segment.path)
                 raise LogUnavailable(f"cannot write the inference log: {exc}") from exc
             segment.end += len(data)
             self.position += len(data)

@@ -371,6 +371,46 @@ def test_sigkill_loses_no_appended_record(url: str, tmp_path: Path) -> None:
     assert ids(url) == sorted(answered)
 
 
+PARTIAL = """
+import json, os, resource, sys, uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from persistence.inference_log import InferenceLog, LogUnavailable, Record
+from persistence.sinks import make_sink
+
+def rec(i):
+    return Record(str(uuid.uuid4()), datetime.now(UTC).isoformat(), "disk", "/predict/attrition",
+                  "m", None, None, json.dumps({"i": i, "pad": "x" * 500}), 0.5, "Yes", 0.35, 1.0)
+
+log = InferenceLog(make_sink(sys.argv[1]), Path(sys.argv[2]))
+first, cut, last = rec(1), [rec(2), rec(3), rec(4)], rec(5)
+log.append([first])
+size = os.fstat(log.wal.active.fd).st_size
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (size + 700, hard))  # room for one record and a bit
+try:
+    log.append(cut)
+    print("ANSWERED", flush=True)
+except LogUnavailable:
+    pass
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+log.append([last])
+log.start().close()
+print(first.id, last.id)
+"""
+
+
+def test_a_partial_write_leaves_nothing_behind(url: str, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(PARTIAL), url, str(tmp_path)],
+        cwd=PROJECT_DIR, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "ANSWERED" not in done.stdout  # the request whose records did not fit is refused
+    assert ids(url) == sorted(done.stdout.split())  # the others, with no torn line between
+    assert not (tmp_path / "dead-letters.jsonl").exists()
+
+
 def test_a_live_workers_directory_is_not_taken(url: str, tmp_path: Path) -> None:
     owner = InferenceLog(make_sink(url), tmp_path)
     owner.append([record(1)])
