@@ -176,7 +176,10 @@ class InferenceLog:
         Raises LogUnavailable when they cannot be kept: the prediction must not be answered."""
         data, n, refused = encode(records)
         if refused:
-            self.dead_letters.add(COLUMNS, refused)
+            try:
+                self.dead_letters.add(COLUMNS, refused)
+            except OSError as exc:
+                raise LogUnavailable(f"cannot keep a dead letter: {exc}") from exc
             self.metrics.dead_lettered(len(refused))
             log.error(
                 "%d records cannot be stored (%s); kept as dead letters",
