@@ -6,8 +6,9 @@ import logging
 import time
 import uuid
 from collections import deque
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import aiohttp
 import anyio
@@ -352,14 +353,14 @@ class AttritionService:
         return [float(p) for p in result]
 
     async def _infer(
-        self, employees: list[EmployeeInput], ctx: bentoml.Context, *, batch: bool
+        self, employees: Sequence[Employee], ctx: bentoml.Context, *, batch: bool
     ) -> tuple[str, list[float]]:
         """The one path every prediction takes: score, then put one record per row in the log
         (on this machine's storage) before the answer can be sent."""
         started = time.perf_counter()
         request_id = uuid.uuid4()
         if settings.runner_batching:
-            probs = await self.coalescer.score(employees)
+            probs = await self.coalescer.score(cast(list[Any], employees))
         else:
             probs = await self._score(list(employees))
         latency_ms = (time.perf_counter() - started) * 1000
@@ -377,7 +378,8 @@ class AttritionService:
             records = [
                 Record(record_id, created_at, subject, route, MODEL_TAG, batch_id,
                        i if batch else None, inputs_json(employee).decode(), p,
-                       label(p, threshold), threshold, latency_ms, employee.employee_ref)
+                       label(p, threshold), threshold, latency_ms,
+                       getattr(employee, "employee_ref", None))
                 for i, (record_id, employee, p) in enumerate(zip(ids, employees, probs, strict=True))
             ]  # fmt: skip
             try:

@@ -47,6 +47,14 @@ def partition_sql(year: int, month: int) -> str:
 
 
 def upgrade() -> None:
+    # Columns added by a revision that ran before this one (whatever the merge order) are
+    # carried over as they are.
+    known = {c.strip() for c in COPIED.split(",")}
+    extra = [
+        sa.Column(c["name"], c["type"], nullable=True)
+        for c in sa.inspect(op.get_bind()).get_columns("inferences")
+        if c["name"] not in known
+    ]
     for index in OLD_INDEXES:
         op.drop_index(index, table_name="inferences")
     op.rename_table("inferences", "inferences_0002")
@@ -54,6 +62,7 @@ def upgrade() -> None:
         op.execute("ALTER TABLE inferences_0002 RENAME CONSTRAINT inferences_pkey TO inferences_0002_pkey")
     op.create_table(
         "inferences",
+        *extra,
         sa.Column("subject", sa.Text(), nullable=False),
         sa.Column("route", sa.Text(), nullable=False),
         sa.Column("model_tag", sa.Text(), nullable=False),
@@ -82,7 +91,10 @@ def upgrade() -> None:
         selected = COPIED.replace("inputs,", "inputs::json,")
     else:
         selected = COPIED
-    op.execute(f"INSERT INTO inferences ({COPIED}) SELECT {selected} FROM inferences_0002")
+    names = "".join(f", {c.name}" for c in extra)
+    op.execute(
+        f"INSERT INTO inferences ({COPIED}{names}) SELECT {selected}{names} FROM inferences_0002"
+    )
     op.drop_table("inferences_0002")
     op.create_index("ix_inferences_created_id", "inferences", ["created_at", "id"])
     op.create_index(
