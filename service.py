@@ -6,18 +6,20 @@ import logging
 import time
 import uuid
 from collections import deque
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 from urllib.parse import parse_qsl
 
 import anyio
 import bentoml
 import numpy as np
 import pandas as pd
+from bentoml.exceptions import ServiceUnavailable
 from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlmodel import Session
 
@@ -26,9 +28,10 @@ from auth.guard import RequestGuard
 from auth.login import PasswordGrant, Token
 from auth.middleware import JWTAuthMiddleware
 from deploy.lifecycle import Drain, call_with_retry
+from persistence import inference_log
 from persistence.db import make_engine, upgrade
 from persistence.history import BadCursor, FilterText, FilterTime, get_inference, list_inferences
-from persistence.inference_log import InferenceLog, Record, Spool, make_sink
+from persistence.inference_log import InferenceLog, LogUnavailable, Record
 from persistence.metrics import log_metrics, monitoring_gauges, runner_batch_histogram
 from persistence.models import USERNAME_MAX_LENGTH, USERNAME_PATTERN, InferencePublic
 from persistence.outcomes import OutcomesIn, OutcomesRefused, record_outcomes
@@ -149,6 +152,25 @@ class Prediction(BaseModel):
     )
 
 
+class EmployeeInput(Employee):
+    """An employee to score: the model's features, and optionally your reference for them."""
+
+    employee_ref: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$",
+        description="Your reference for this employee (an HR system id, not a name): stored with "
+        "the prediction so its records can be found and erased; never sent to the model.",
+        examples=["E-000123"],
+    )
+
+
+# The recorded inputs are the Employee contract's fields only (employee_ref has its own column).
+# Serializing with the contract's own schema was faster than model_dump_json(exclude=...).
+inputs_json = TypeAdapter(Employee).dump_json
+
+
 class BatchItem(BaseModel):
     index: int = Field(description="Position of the employee in the request.")
     probability: float = Field(ge=0, le=1)
@@ -177,7 +199,9 @@ class BatchRequest(BaseModel):
     """Employees to score together; results come back in the same order."""
 
     model_config = ConfigDict(extra="forbid")
-    employees: Annotated[list[Employee], Field(min_length=1, max_length=settings.max_batch_size)]
+    employees: Annotated[
+        list[EmployeeInput], Field(min_length=1, max_length=settings.max_batch_size)
+    ]
 
 
 class BatchPrediction(BaseModel):
@@ -313,15 +337,7 @@ class AttritionService:
         self._report_read_at = -float("inf")
         self.log: InferenceLog | None = None
         if settings.log_enabled:
-            self.log = InferenceLog(
-                make_sink(settings.sqlalchemy_url, settings.log_write_method),
-                Spool(settings.data_dir / "spool"),
-                batch_size=settings.log_batch_size,
-                flush_interval=settings.log_flush_interval_ms / 1000,
-                queue_size=settings.log_queue_size,
-                retry_interval=settings.log_retry_seconds,
-                metrics=log_metrics(),
-            ).start()
+            self.log = inference_log.from_settings(settings, log_metrics())
         self.drain = Drain(
             "AttritionService",
             delay=settings.shutdown_delay_seconds,
@@ -343,7 +359,7 @@ class AttritionService:
     @bentoml.on_shutdown
     def close(self) -> None:
         if self.log is not None:
-            self.log.close()  # flush: write or spool everything queued before the worker exits
+            self.log.close()  # write what waits; what cannot be written is replayed at start
         self.password_grant.close()
         self.engine.dispose()
 
@@ -403,23 +419,23 @@ class AttritionService:
 
     async def _infer(
         self,
-        employees: list[Employee],
+        employees: Sequence[Employee],
         ctx: bentoml.Context,
         *,
         batch: bool,
         top_k: int | None = None,
     ) -> tuple[str, list[float], list[Explanation] | None]:
-        """The one path every prediction takes: score (and explain, when asked), then hand one
-        record per row to the log."""
+        """The one path every prediction takes: score (and explain, when asked), then put one
+        record per row in the log (on this machine's storage) before the answer can be sent."""
         started = time.perf_counter()
         request_id = uuid.uuid4()
         explanations = None
         if top_k is not None:
-            probs, explanations = await self._explain(employees, top_k)
+            probs, explanations = await self._explain(list(employees), top_k)
         elif settings.runner_batching:
-            probs = await self.coalescer.score(employees)
+            probs = await self.coalescer.score(cast(list[Any], employees))
         else:
-            probs = await self._score(employees)
+            probs = await self._score(list(employees))
         latency_ms = (time.perf_counter() - started) * 1000
         if self.log is not None:
             principal = caller(ctx.request)
@@ -435,19 +451,21 @@ class AttritionService:
             drivers = [e.model_dump_json() for e in explanations] if explanations else None
             records = [
                 Record(record_id, created_at, subject, route, MODEL_TAG, batch_id,
-                       i if batch else None, employee.model_dump_json(), p,
+                       i if batch else None, inputs_json(employee).decode(), p,
                        label(p, threshold), threshold, latency_ms,
-                       drivers[i] if drivers else None)
+                       getattr(employee, "employee_ref", None), drivers[i] if drivers else None)
                 for i, (record_id, employee, p) in enumerate(zip(ids, employees, probs, strict=True))
             ]  # fmt: skip
-            overflow = self.log.submit(records)
-            if overflow:  # buffer full: keep them on disk before answering
-                await anyio.to_thread.run_sync(self.log.overflow, overflow)
+            try:
+                await self.log.record(records)
+            except LogUnavailable as exc:  # no record, no answer
+                logger.error("prediction %s not answered: %s", request_id, exc)
+                raise ServiceUnavailable("the prediction could not be recorded; retry") from exc
         ctx.response.headers["X-Request-ID"] = str(request_id)
         return str(request_id), probs, explanations
 
     @bentoml.api(route="/predict/attrition")
-    async def predict(self, employee: Employee, /, ctx: bentoml.Context) -> Prediction:
+    async def predict(self, employee: EmployeeInput, /, ctx: bentoml.Context) -> Prediction:
         """Attrition risk of one employee."""
         request_id, [p], explained = await self._infer(
             [employee], ctx, batch=False, top_k=self.top_k(ctx)

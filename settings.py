@@ -94,7 +94,7 @@ class Settings(BaseSettings):
     """Apply pending migrations before the workers start; off where a migration Job does it."""
 
     data_dir: Path = PROJECT_DIR / "data"
-    """Folder for local state (SQLite database, spool files, the development JWT secret)."""
+    """Folder for local state (SQLite database, the inference log's write-ahead and dead-letter files, the development JWT secret)."""
 
     database_url: str | None = None
     """SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db; unset = SQLite in data_dir."""
@@ -153,20 +153,20 @@ class Settings(BaseSettings):
     log_enabled: bool = True
     """Record every prediction in the inference log (may be turned off only in dev_mode)."""
 
-    log_write_method: Literal["copy", "executemany"] = "copy"
-    """How the writer inserts into PostgreSQL: COPY via a staging table, or pipelined executemany."""
-
-    log_batch_size: int = Field(1000, ge=1)
-    """Most records the writer inserts in one transaction."""
+    log_batch_bytes: int = Field(1 << 20, ge=4096)
+    """Most bytes of records (about 1 KB each) the writer copies into the database in one transaction."""
 
     log_flush_interval_ms: int = Field(200, ge=1)
-    """Longest a record waits in the buffer before the writer inserts it."""
-
-    log_queue_size: int = Field(100_000, ge=1)
-    """Records a worker may hold in memory; beyond that they are spooled before the response."""
+    """Longest a record waits in the write-ahead file before the writer copies it."""
 
     log_retry_seconds: float = Field(2.0, gt=0)
-    """How often a degraded writer retries the database and replays its spool."""
+    """How often a writer that cannot reach the database tries again."""
+
+    log_fsync: bool = False
+    """Wait for the disk (one fdatasync shared by concurrent requests) before answering: also survives a power loss, at a latency cost. Off: the page cache, which survives any process crash."""
+
+    log_retention_days: int | None = Field(None, ge=1)
+    """Days a prediction is kept; `python -m persistence prune` deletes older rows. Unset: keep all."""
 
     user_cache_seconds: float = Field(5.0, ge=0)
     """How long a worker trusts a user's active flag and roles before reading them again."""

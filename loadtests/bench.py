@@ -2,6 +2,7 @@
 throughput and latency, and where the CPU went per request, by process group.
 
 python -m loadtests.bench --scenarios full,noop,ray-1,ray-2 --concurrency 1,16,64 --duration 15
+python -m loadtests.bench --scenarios full --baseline main --batch-seconds 60   # before/after
 
 The ray-* scenarios need the `bench` extra (`make bench` installs it).
 """
@@ -14,13 +15,16 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 
 from loadtests.cpu import Classifier, CpuMeter, Seen
@@ -29,6 +33,7 @@ from loadtests.harness import (
     Server,
     ServerProcess,
     auth_cli,
+    database_cpu,
     inference_rows,
     split_topology,
     temporary_database,
@@ -88,6 +93,11 @@ SCENARIOS = {
             path="/predict/attrition?explain=true",
         ),
         Scenario(
+            "fsync",
+            "full service, each answer waits for its record's fdatasync (group fsync)",
+            {"ATTRITION_LOG_FSYNC": "true"},
+        ),
+        Scenario(
             "noauth",
             "same, auth middleware off (dev mode)",
             {"ATTRITION_DEV_MODE": "true", "ATTRITION_AUTH_ENABLED": "false"},
@@ -134,8 +144,13 @@ def batch_throughput(
 ) -> dict[str, float]:
     """Employees/s through the batch route, and rows/s the log sustains into the database."""
     before = inference_rows(url)
+    cpu, pg = server.cpu_seconds(), database_cpu(url)
     started = time.monotonic()
+    samples: list[float] = []
+    sampler = threading.Thread(target=sample_backlog, args=(server, url, before, seconds, samples))
+    sampler.start()
     r = wrk(server.url, "/predict/attrition/batch", bodies, token, 4, seconds)
+    sampler.join()
     employees = (r["requests"] - r["non2xx"]) * 1000
     target = before + employees
     while inference_rows(url) < target and time.monotonic() - started < seconds + 120:
@@ -148,20 +163,49 @@ def batch_throughput(
         "log_rows": written,
         "log_rows_per_s": written / drained,
         "lag_s": drained - r["seconds"],
+        "service_cpu_us": 1e6 * (server.cpu_seconds() - cpu) / max(employees, 1),
+        "pg_cpu_us": 1e6 * (database_cpu(url) - pg) / max(written, 1),
+        "backlog_half": samples[len(samples) // 2] if samples else float("nan"),
+        "backlog_end": samples[-1] if samples else float("nan"),
     }
 
 
-def mint_token(env: dict[str, str]) -> str:
+def answered_batches(url: str) -> float:
+    """Batch requests the server has answered 200 so far (BentoML's own request counter)."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("bentoml_service_request_total{")
+        and 'endpoint="/predict/attrition/batch"' in line
+        and 'http_response_code="200"' in line
+    )
+
+
+def sample_backlog(server: Server, db: str, before: int, seconds: int, out: list[float]) -> None:
+    """Every 5 s while the load runs: employees answered minus rows in the table, i.e. whether
+    the log's backlog grows or holds (works for any version, whatever its own metrics)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline - 1:
+        time.sleep(min(5.0, max(deadline - 1 - time.monotonic(), 0)))
+        try:
+            answered = answered_batches(server.url) * 1000
+        except httpx.HTTPError:
+            continue
+        out.append(answered - (inference_rows(db) - before))
+
+
+def mint_token(env: dict[str, str], cwd: Path = PROJECT_DIR) -> str:
     """Create the bench user in the scenario's database (once) and mint a token for it."""
-    out = auth_cli(env, "token", "bench", "--ttl", "2h")
+    out = auth_cli(env, "token", "bench", "--ttl", "2h", cwd=cwd)
     if out.returncode != 0:
         made = auth_cli(
             env, "create-user", "bench", "--role", "admin", "--password-stdin",
-            stdin="bench-password-123\n",
+            stdin="bench-password-123\n", cwd=cwd,
         )  # fmt: skip
         if made.returncode != 0:
             raise RuntimeError(f"cannot create the bench user: {made.stderr[-1500:]}")
-        out = auth_cli(env, "token", "bench", "--ttl", "2h")
+        out = auth_cli(env, "token", "bench", "--ttl", "2h", cwd=cwd)
     if out.returncode != 0:
         raise RuntimeError(f"cannot mint a bench token: {out.stderr[-1500:]}")
     return out.stdout.strip().splitlines()[-1]
@@ -312,24 +356,29 @@ def classifier_for(servers: list[ServerProcess], database: str | None, ray: bool
 
 
 def start(
-    sc: Scenario, env: dict[str, str], work: Path, sample: bytes, model_tag: str, stack: ExitStack
+    name: str,
+    sc: Scenario,
+    env: dict[str, str],
+    work: Path,
+    cwd: Path,
+    sample: bytes,
+    model_tag: str,
+    stack: ExitStack,
 ) -> list[ServerProcess]:
-    """The scenario's servers, the one wrk calls first; `stack` stops them."""
+    """The scenario's servers (from the checkout in `cwd`), the one wrk calls first; `stack`
+    stops them."""
     if sc.split:
-        model, entries = stack.enter_context(split_topology(env, work / sc.name))
+        model, entries = stack.enter_context(split_topology(env, work / name))
         return [*entries, model]
     server: ServerProcess
     if sc.ray_replicas:
         from loadtests.ray_peer import RayPeer
 
         server = RayPeer(
-            replicas=sc.ray_replicas,
-            model_tag=model_tag,
-            sample=sample,
-            log=work / f"{sc.name}.log",
+            replicas=sc.ray_replicas, model_tag=model_tag, sample=sample, log=work / f"{name}.log"
         )
     else:
-        server = Server(sc.target, env, log=work / f"{sc.name}.log")
+        server = Server(sc.target, env, log=work / f"{name}.log", cwd=cwd)
     stack.callback(server.stop)
     return [server]
 
@@ -348,9 +397,15 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="run the scenario list this many times; on a shared machine compare within a pass",
     )
-    parser.add_argument("--database-url", help="default: a fresh PostgreSQL database for the run")
+    parser.add_argument(
+        "--database-url", help="default: a fresh PostgreSQL database for each scenario"
+    )
     parser.add_argument(
         "--batch-seconds", type=int, default=0, help="also load the batch route (full only)"
+    )
+    parser.add_argument(
+        "--baseline",
+        help="also run each scenario from this git revision (e.g. main), just before this one",
     )
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
@@ -358,11 +413,28 @@ def main(argv: list[str] | None = None) -> int:
             "wrk is not installed (Debian package 'wrk'; `make bench` installs it)", file=sys.stderr
         )
         return 2
-    if args.database_url is None:
-        with temporary_database("attrition_bench") as url:
-            args.database_url = url
-            return run(args)
     return run(args)
+
+
+@contextmanager
+def scenario_database(args: argparse.Namespace) -> Iterator[str]:
+    """The given database, or a fresh one for this scenario (so no table carries over)."""
+    if args.database_url:
+        yield args.database_url
+        return
+    with temporary_database("attrition_bench") as url:
+        yield url
+
+
+def checkout(revision: str, work: Path) -> Path:
+    """The files of a git revision, unpacked in work (the servers run from there)."""
+    target = work / f"checkout-{revision.replace('/', '_')}"
+    target.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(PROJECT_DIR), "archive", revision], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return target
 
 
 def run(args: argparse.Namespace) -> int:
@@ -379,46 +451,49 @@ def run(args: argparse.Namespace) -> int:
     sample = bodies.read_bytes().split(b"\n", 1)[0]
     # Every scenario, the peer included, serves this one model (and so the same ONNX export).
     model_tag = str(bentoml.models.get(get_settings().model_tag).tag)
-    database = args.database_url.rsplit("/", 1)[-1].split("?")[0] if args.database_url else None
+    versions = [("", PROJECT_DIR)]
+    if args.baseline:  # the baseline first, then this checkout, scenario by scenario
+        versions.insert(0, (f"@{args.baseline}", checkout(args.baseline, work)))
     batch_rows: list[tuple[str, dict[str, float]]] = []
     levels = [int(c) for c in args.concurrency.split(",")]
     rows: list[tuple[str, int, dict[str, float]]] = []
     failed: list[str] = []
-    for number, name in (
-        (number, name) for number in range(1, args.passes + 1) for name in args.scenarios.split(",")
-    ):
-        sc = SCENARIOS[name]
-        env = {
-            "ATTRITION_JWT_SECRET": SECRET,
-            "ATTRITION_DATA_DIR": str(work / "data"),
-            "ATTRITION_MODEL_TAG": model_tag,
-            **sc.env,
-        }
-        if args.database_url:
-            env["ATTRITION_DATABASE_URL"] = args.database_url
-        token = mint_token(env) if sc.auth else ""
-        with ExitStack() as stack:
-            try:
-                servers = start(sc, env, work, sample, model_tag, stack)
-            except RuntimeError as exc:  # report it, keep the other scenarios' numbers
-                failed.append(name)
-                print(f"{name}: did not start: {str(exc)[-3000:]}", file=sys.stderr, flush=True)
-                continue
-            server = servers[0]
-            classifier = classifier_for(servers, database, ray=bool(sc.ray_replicas))
-            wrk(server.url, sc.path, bodies, token, 16, args.warmup)
-            for c in levels:
-                result = wrk(server.url, sc.path, bodies, token, c, args.duration, classifier)
-                result["pass"] = number
-                rows.append((name, c, result))
-                print(f"{name:>8} c={c:<3} {result}", file=sys.stderr, flush=True)
-                time.sleep(1)
-            if args.batch_seconds and name == "full":
-                b = batch_throughput(
-                    server, batch_bodies, token, args.database_url, args.batch_seconds
-                )
-                batch_rows.append((name, b))
-                print(f"{name:>8} batch {b}", file=sys.stderr, flush=True)
+    for number in range(1, args.passes + 1):
+        for scenario in args.scenarios.split(","):
+            for suffix, cwd in versions:
+                name = scenario + suffix
+                sc = SCENARIOS[scenario]
+                with scenario_database(args) as url, ExitStack() as stack:
+                    env = {
+                        "ATTRITION_JWT_SECRET": SECRET,
+                        "ATTRITION_DATA_DIR": str(work / f"data-{name}-{number}"),
+                        "ATTRITION_MODEL_TAG": model_tag,
+                        "ATTRITION_DATABASE_URL": url,
+                        **sc.env,
+                    }
+                    token = mint_token(env, cwd) if sc.auth else ""
+                    try:
+                        servers = start(name, sc, env, work, cwd, sample, model_tag, stack)
+                    except RuntimeError as exc:  # report it, keep the other scenarios' numbers
+                        failed.append(name)
+                        print(f"{name}: did not start: {str(exc)[-3000:]}", file=sys.stderr)
+                        continue
+                    server = servers[0]
+                    database = url.rsplit("/", 1)[-1].split("?")[0]
+                    classifier = classifier_for(servers, database, ray=bool(sc.ray_replicas))
+                    wrk(server.url, sc.path, bodies, token, 16, args.warmup)
+                    for c in levels:
+                        result = wrk(
+                            server.url, sc.path, bodies, token, c, args.duration, classifier
+                        )
+                        result["pass"] = number
+                        rows.append((name, c, result))
+                        print(f"{name:>8} c={c:<3} {result}", file=sys.stderr, flush=True)
+                        time.sleep(1)
+                    if args.batch_seconds and scenario == "full" and isinstance(server, Server):
+                        b = batch_throughput(server, batch_bodies, token, url, args.batch_seconds)
+                        batch_rows.append((name, b))
+                        print(f"{name:>8} batch {b}", file=sys.stderr, flush=True)
     table = "\n\n".join(
         t for t in (render(rows, args), render_goal(rows), render_cpu(rows)) if t
     ) + render_batch(batch_rows)
@@ -461,7 +536,7 @@ def render_goal(rows: list[tuple[str, int, dict[str, float]]]) -> str:
     cells = {(r.get("pass", 1), name, c): r for name, c, r in rows}
     passes = sorted({p for p, _, _ in cells})
     levels = sorted({c for _, name, c in cells if name == "full"})
-    peers = sorted({name for name, _, _ in rows if SCENARIOS[name].ray_replicas})
+    peers = sorted({name for name, _, _ in rows if SCENARIOS[name.split("@")[0]].ray_replicas})
     if not levels or not peers:
         return ""
     lines = [
@@ -522,13 +597,15 @@ def render_batch(rows: list[tuple[str, dict[str, float]]]) -> str:
         "",
         "Batch route, 1,000 employees per request, 4 clients:",
         "",
-        "| scenario | requests/s | employees/s | p50 ms | p99 ms | non-2xx | log rows written | log rows/s (until caught up) | log lag after load s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| scenario | requests/s | employees/s | p50 ms | p99 ms | non-2xx | log rows written | log rows/s (until caught up) | log backlog halfway / at the end (records) | log lag after load s | service CPU us/employee | PostgreSQL CPU us/row |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, r in rows:
         lines.append(
             f"| {name} | {r['rps']:.1f} | {r['employees_per_s']:.0f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} "
-            f"| {r['non2xx']:.0f} | {r['log_rows']:.0f} | {r['log_rows_per_s']:.0f} | {r['lag_s']:.1f} |"
+            f"| {r['non2xx']:.0f} | {r['log_rows']:.0f} | {r['log_rows_per_s']:.0f} "
+            f"| {r['backlog_half']:.0f} / {r['backlog_end']:.0f} | {r['lag_s']:.1f} "
+            f"| {r['service_cpu_us']:.0f} | {r['pg_cpu_us']:.1f} |"
         )
     return "\n".join(lines)
 

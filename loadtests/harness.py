@@ -70,13 +70,14 @@ def temporary_database(prefix: str = "attrition_tmp") -> Iterator[str]:
 
 
 def auth_cli(
-    env: Mapping[str, str], *args: str, stdin: str | None = None
+    env: Mapping[str, str], *args: str, stdin: str | None = None, cwd: Path = PROJECT_DIR
 ) -> subprocess.CompletedProcess[str]:
-    """Run `python -m auth ARGS` with the application settings in `env`; never raises."""
+    """Run `python -m auth ARGS` (of the checkout in cwd) with the application settings in
+    `env`; never raises."""
     return subprocess.run(
         [sys.executable, "-m", "auth", *args],
         env={**os.environ, **env},
-        cwd=PROJECT_DIR,
+        cwd=cwd,
         input=stdin,
         capture_output=True,
         text=True,
@@ -92,6 +93,27 @@ def inference_rows(url: str) -> int:
     with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn:
         row = conn.execute("SELECT count(*) FROM inferences").fetchone()
         return int(row[0]) if row else 0
+
+
+def database_cpu(url: str) -> float:
+    """CPU seconds used so far by the PostgreSQL backends connected to this database."""
+    import psycopg
+
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+        pids = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        ).fetchall()
+    return sum(cpu_seconds(pid) for (pid,) in pids)
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.NoSuchProcess:
+        return 0.0
+    return float(times.user + times.system)
 
 
 def private_home(shared: str | None, parent: Path) -> str:
@@ -201,6 +223,10 @@ class ServerProcess:
                 continue
         return found
 
+    def cpu_seconds(self) -> float:
+        """CPU used so far by the server and its workers."""
+        return sum(cpu_seconds(p.pid) for p in self.processes())
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         """Signal the server (SIGKILL: every process at once), then make sure none is left."""
         procs = self.processes()
@@ -249,7 +275,7 @@ class Server(ServerProcess):
         self.target = target
         self.custom_command = command
         base = os.environ if inherit_env else {k: os.environ[k] for k in ("PATH", "HOME")}
-        full_env = {**base, "BENTOML_CONFIG": str(PROJECT_DIR / "configuration.yaml"), **env}
+        full_env = {**base, "BENTOML_CONFIG": str(cwd / "configuration.yaml"), **env}
         full_env["BENTOML_HOME"] = private_home(
             full_env.get("BENTOML_HOME", os.environ.get("BENTOML_HOME")), log.parent
         )

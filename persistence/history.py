@@ -95,4 +95,5 @@ def list_inferences(
 
 
 def get_inference(*, session: Session, inference_id: uuid.UUID) -> Inference | None:
-    return session.get(Inference, inference_id)
+    # The key is (id, created_at), for the monthly partitions; an id has one created_at.
+    return session.exec(select(Inference).where(Inference.id == inference_id)).first()

@@ -1,33 +1,39 @@
-"""The inference log: request handlers hand records to a per-worker background writer, which
-inserts them in batches; records the database cannot take go to an fsync'd spool file and are
-replayed (idempotently: the record id is the primary key) when it is back, or at the next start.
+"""The inference log: a request's records are appended to its worker's write-ahead file before
+the answer is sent; a background writer thread copies them into the database and deletes what
+the database has. The file is also the outage buffer: while the database is away the records
+simply stay in it, and any worker replays the files of a dead one (idempotently: the record id
+is the key). Rows the database refuses are isolated into the dead-letter file.
 """
 
 import fcntl
 import json
 import logging
-import os
 import threading
 import time
-import uuid
-from collections import deque
-from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
+
+import anyio
+
+from persistence import copytext, wal
+from persistence.dead_letters import DeadLetters
+from persistence.sinks import Sink, write_isolating
+from persistence.wal import LogUnavailable, WriteAheadLog
+
+__all__ = ["COLUMNS", "InferenceLog", "LogUnavailable", "Record", "encode"]
 
 log = logging.getLogger("attrition.inference_log")
 
-COLUMNS = (
-    "id", "created_at", "subject", "route", "model_tag", "batch_id", "position",
-    "inputs", "probability", "label", "threshold", "latency_ms", "drivers",
-)  # fmt: skip
+# Dead workers' directories are looked for this often (a worker replays them at start too).
+ORPHAN_SCAN_SECONDS = 10.0
 
 
 class Record(NamedTuple):
-    """One inference as it is written, fields in COLUMNS order: ids as strings, time as an
-    ISO 8601 string with offset, inputs as JSON text (pydantic's model_dump_json, made once).
+    """One inference as it is written, fields in column order: ids as strings, time as an
+    ISO 8601 string with offset, inputs as JSON text (made once by pydantic).
 
-    A tuple, because one is made per prediction on the event loop, and COPY takes it as a row.
+    A tuple, because one is made per prediction on the event loop. A new nullable column is one
+    more field with a None default here (and in the table).
     """
 
     id: str
@@ -42,398 +48,302 @@ class Record(NamedTuple):
     label: str
     threshold: float
     latency_ms: float
+    employee_ref: str | None = None
     drivers: str | None = None  # the explanation as JSON text, when the caller asked for one
 
-    def to_line(self) -> bytes:
-        return json.dumps(self._asdict(), separators=(",", ":")).encode() + b"\n"
 
-    @classmethod
-    def from_line(cls, line: bytes) -> "Record":
-        fields = json.loads(line)
-        if not isinstance(fields.get("inputs"), str):  # spooled by a version that kept a dict
-            fields["inputs"] = json.dumps(fields["inputs"])
-        return cls(**fields)
+COLUMNS: tuple[str, ...] = Record._fields
 
 
-class Sink(Protocol):
-    def write(self, records: list[Record], *, fresh: bool = False) -> None:
-        """Insert the records; ids already in the table are ignored. `fresh` promises that
-        none of them was handed to the database before (live records, not replays)."""
-        ...
-
-    def close(self) -> None: ...
-
-
-class PostgresSink:
-    """psycopg 3 on its own connection. Fresh records are COPYed straight into the table;
-    replays (which may hold rows already in) go through a staging table and insert-or-ignore.
-    Straight COPY cut PostgreSQL's CPU per logged prediction under load by about a third.
-    """
-
-    def __init__(self, url: str, *, method: str = "copy", connect_timeout: int = 3) -> None:
-        self.conninfo = url.replace("postgresql+psycopg://", "postgresql://", 1)
-        self.method = method
-        self.connect_timeout = connect_timeout
-        self.conn: Any = None
-
-    def _connection(self) -> Any:
-        import psycopg
-
-        if self.conn is None or self.conn.closed:
-            self.conn = psycopg.connect(self.conninfo, connect_timeout=self.connect_timeout)
-            self.conn.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS inference_stage"
-                " (LIKE inferences INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-            )
-            self.conn.commit()
-        return self.conn
-
-    def write(self, records: list[Record], *, fresh: bool = False) -> None:
-        import psycopg
-
-        try:
-            conn = self._connection()
-            if self.method != "copy":
-                self._insert_or_ignore(conn, records)
-            elif fresh:
-                try:
-                    self._copy(conn, "inferences", records)
-                except psycopg.errors.UniqueViolation:
-                    # Cannot happen for new uuid4 ids unless a record was replayed twice:
-                    # fall back to the idempotent path rather than spool the batch.
-                    conn.rollback()
-                    self._copy_or_ignore(conn, records)
-            else:
-                self._copy_or_ignore(conn, records)
-            conn.commit()
-        except Exception:
-            self.close()
-            raise
-
-    @staticmethod
-    def _copy(conn: Any, table: str, records: list[Record]) -> None:
-        with (
-            conn.cursor() as cur,
-            cur.copy(f"COPY {table} ({', '.join(COLUMNS)}) FROM STDIN") as copy,
-        ):
-            for record in records:  # a Record is a row in COLUMNS order; inputs is JSON text
-                copy.write_row(record)
-
-    def _copy_or_ignore(self, conn: Any, records: list[Record]) -> None:
-        cols = ", ".join(COLUMNS)
-        self._copy(conn, "inference_stage", records)
-        conn.execute(
-            f"INSERT INTO inferences ({cols}) SELECT {cols} FROM inference_stage"
-            " ON CONFLICT (id) DO NOTHING"
-        )
-
-    @staticmethod
-    def _insert_or_ignore(conn: Any, records: list[Record]) -> None:
-        cols = ", ".join(COLUMNS)
-        marks = ", ".join("%s::jsonb" if c in ("inputs", "drivers") else "%s" for c in COLUMNS)
-        with conn.cursor() as cur, conn.pipeline():
-            cur.executemany(
-                f"INSERT INTO inferences ({cols}) VALUES ({marks}) ON CONFLICT (id) DO NOTHING",
-                records,
-            )
-
-    def close(self) -> None:
-        if self.conn is not None:
-            try:
-                self.conn.close()
-            except Exception:  # noqa: BLE001 - closing a broken connection
-                pass
-            self.conn = None
-
-
-class SqlAlchemySink:
-    """For the embedded SQLite default: SQLAlchemy Core insert-or-ignore."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.engine: Any = None
-
-    def write(self, records: list[Record], *, fresh: bool = False) -> None:
-        from datetime import datetime
-
-        from sqlalchemy import insert
-
-        from persistence.db import make_engine
-        from persistence.models import Inference
-
-        if self.engine is None:
-            self.engine = make_engine(self.url, pool_size=1)
-        values = [
-            {
-                **r._asdict(),
-                "inputs": json.loads(r.inputs),
-                "drivers": json.loads(r.drivers) if r.drivers is not None else None,
-                "id": uuid.UUID(r.id),
-                "batch_id": uuid.UUID(r.batch_id) if r.batch_id else None,
-                "created_at": datetime.fromisoformat(r.created_at),
-            }
-            for r in records
-        ]
-        stmt = insert(Inference).prefix_with("OR IGNORE")  # type: ignore[arg-type]
-        with self.engine.begin() as conn:
-            conn.execute(stmt, values)
-
-    def close(self) -> None:
-        if self.engine is not None:
-            self.engine.dispose()
-
-
-def make_sink(url: str, method: str = "copy") -> Sink:
-    if url.startswith("postgresql"):
-        return PostgresSink(url, method=method)
-    return SqlAlchemySink(url)
-
-
-class Spool:
-    """Append-only, fsync'd JSON-lines file of this process, held under an exclusive flock.
-
-    A file whose lock can be taken belongs to a process that is gone: it is an orphan to replay.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        self.directory = directory
-        self.path = directory / f"spool-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
-        self.file: IO[bytes] = open(self.path, "a+b")  # noqa: SIM115 - lives as long as the process
-        fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        self.lock = threading.Lock()
-        self.count = 0
-
-    def append(self, records: Iterable[Record]) -> int:
-        data = b"".join(r.to_line() for r in records)
-        n = data.count(b"\n")
-        if not n:
-            return 0
-        with self.lock:
-            self.file.write(data)
-            self.file.flush()
-            os.fsync(self.file.fileno())
-            self.count += n
-        return n
-
-    def replay_own(self, sink: Sink, chunk: int) -> int:
-        """Write this process's spooled records; truncate the file once all are in."""
-        with self.lock:
-            if self.count == 0:
-                return 0
-            self.file.seek(0)
-            records = list(parse(self.file.read().splitlines(), self.path))
-            write_chunks(sink, records, chunk)
-            self.file.truncate(0)
-            self.file.flush()
-            os.fsync(self.file.fileno())
-            self.count = 0
-            return len(records)
-
-    def replay_orphans(self, sink: Sink, chunk: int) -> int:
-        """Replay and delete spool files left by dead processes."""
-        done = 0
-        for path in sorted(self.directory.glob("spool-*.jsonl")):
-            if path == self.path:
-                continue
-            with open(path, "rb") as f:
-                try:
-                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # a live worker owns it
-                records = list(parse(f.read().splitlines(), path))
-                write_chunks(sink, records, chunk)
-                path.unlink()
-                done += len(records)
-                log.warning("replayed %d records from %s", len(records), path.name)
-        return done
-
-    def pending(self) -> int:
-        """Records waiting in every spool file of the folder (this process's and orphans)."""
-        total = self.count
-        for path in self.directory.glob("spool-*.jsonl"):
-            if path != self.path:
-                total += count_lines(path)
-        return total
-
-    def close(self) -> None:
-        with self.lock:
-            empty = self.count == 0
-            self.file.close()
-            if empty:
-                self.path.unlink(missing_ok=True)
-
-
-def write_chunks(sink: Sink, records: list[Record], chunk: int) -> None:
-    for i in range(0, len(records), chunk):
-        sink.write(records[i : i + chunk])
-
-
-def count_lines(path: Path) -> int:
-    count = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 16):
-            count += chunk.count(b"\n")
-    return count
-
-
-def parse(lines: list[bytes], path: Path) -> Iterator[Record]:
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
+def unstorable(values: tuple[Any, ...], columns: tuple[str, ...] = COLUMNS) -> str | None:
+    """Why PostgreSQL could not store this record's text, or None."""
+    for name, value in zip(columns, values, strict=True):
+        if not isinstance(value, str):
             continue
+        if "\x00" in value:
+            return f"{name} contains NUL (U+0000), which PostgreSQL text cannot hold"
         try:
-            yield Record.from_line(line)
-        except (ValueError, TypeError):
-            # Only a write cut short by a crash can leave a torn line, and only at the end.
-            log.error("%s line %d is not a record; skipped", path.name, n)
+            value.encode()
+        except UnicodeEncodeError:
+            return f"{name} contains a lone surrogate: not valid UTF-8"
+    return None
+
+
+def encode(records: list[Record]) -> tuple[bytes, int, list[tuple[str, str]]]:
+    """COPY text lines of the storable records, their count, and the others with a reason.
+
+    Fast path for the whole request at once: join, then check the text once (a NUL stands in
+    for NULL until then: NUL is refused anyway, so a real one shows up in the count). Escaping
+    and checking record by record is the fallback; both give the same lines.
+    """
+    nulls = 0
+    lines = []
+    for record in records:
+        parts = []
+        for v in record:
+            if type(v) is str:
+                parts.append(v)
+            elif v is None:
+                parts.append("\x00")
+                nulls += 1
+            else:
+                parts.append(copytext.field(v) if isinstance(v, str) else repr(v))
+        lines.append("\t".join(parts))
+    text = "\n".join(lines) + "\n"
+    n = len(records)
+    if (
+        "\\" not in text
+        and "\r" not in text
+        and text.count("\n") == n
+        and text.count("\t") == n * (len(COLUMNS) - 1)
+        and text.count("\x00") == nulls
+    ):
+        try:
+            return text.replace("\x00", copytext.NULL).encode(), n, []
+        except UnicodeEncodeError:
+            pass
+    good: list[str] = []
+    refused: list[tuple[str, str]] = []
+    for record in records:
+        row = copytext.line(record)
+        reason = unstorable(record)
+        if reason:
+            refused.append((row.rstrip("\n"), reason))
+        else:
+            good.append(row)
+    return "".join(good).encode(), len(good), refused
 
 
 class Metrics(Protocol):
-    def observe(self, *, queue_depth: int, spool_records: int) -> None: ...
+    def observe(self, *, backlog: int, dead_letters: int) -> None: ...
     def written(self, n: int) -> None: ...
     def failed(self, n: int) -> None: ...
-    def spooled(self, n: int) -> None: ...
+    def replayed(self, n: int) -> None: ...
+    def dead_lettered(self, n: int) -> None: ...
 
 
 class NoMetrics:
-    def observe(self, *, queue_depth: int, spool_records: int) -> None: ...
+    def observe(self, *, backlog: int, dead_letters: int) -> None: ...
     def written(self, n: int) -> None: ...
     def failed(self, n: int) -> None: ...
-    def spooled(self, n: int) -> None: ...
+    def replayed(self, n: int) -> None: ...
+    def dead_lettered(self, n: int) -> None: ...
 
 
 class InferenceLog:
-    """Bounded buffer -> background writer thread -> database, with the spool as the fallback.
+    """Write-ahead file -> background writer thread -> database.
 
-    Handlers append to a deque (atomic under the GIL) and never wake the writer for a single
-    record: it sleeps for the flush interval, or until a full batch is waiting, and then drains
-    everything. A queue.Queue woke it for every record: 1.3 more context switches and about
-    0.07 ms more CPU per prediction in the entry worker, as the two threads traded the GIL.
-
-    Policy when the buffer is full: the overflow is spooled (fsync'd) by the caller before it
-    answers, so nothing is dropped; the caller pays for the disk write only while overloaded.
+    Handlers never wake the writer for a few records: it sleeps for the flush interval, or
+    until a full batch is waiting. Waking it per record (a queue.Queue) cost 1.3 more context
+    switches and ~0.07 ms more CPU per prediction as the two threads traded the GIL.
     """
 
     def __init__(
         self,
         sink: Sink,
-        spool: Spool,
+        directory: Path,
         *,
-        batch_size: int = 1000,
+        batch_bytes: int = 1 << 20,
         flush_interval: float = 0.2,
-        queue_size: int = 100_000,
         retry_interval: float = 2.0,
+        fsync: bool = False,
+        legacy_spool: Path | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self.sink = sink
-        self.spool = spool
-        self.batch_size = batch_size
+        self.wal = WriteAheadLog(directory / "wal", COLUMNS, fsync=fsync)
+        self.dead_letters = DeadLetters(directory / "dead-letters.jsonl", fsync=fsync)
+        self.fsync = fsync
+        self.batch_bytes = batch_bytes
         self.flush_interval = flush_interval
-        self.queue_size = queue_size
         self.retry_interval = retry_interval
+        self.legacy_spool = legacy_spool
         self.metrics = metrics or NoMetrics()
-        self.buffer: deque[Record] = deque()
         self.wakeup = threading.Event()
         self.stopping = threading.Event()
         self.healthy = True
+        self.orphaned = 0  # records of dead workers not replayed yet (the database is away)
         self.thread = threading.Thread(target=self._run, name="inference-log", daemon=True)
 
     def start(self) -> "InferenceLog":
         self.thread.start()
         return self
 
-    def submit(self, records: list[Record]) -> list[Record]:
-        """Buffer the records without blocking; return those that did not fit."""
-        room = max(self.queue_size - len(self.buffer), 0)
-        if room < len(records):
-            self.buffer.extend(records[:room])
-            return records[room:]
-        self.buffer.extend(records)
-        if len(self.buffer) >= self.batch_size and not self.wakeup.is_set():
-            self.wakeup.set()
-        return []
+    # -- request handlers ------------------------------------------------------------------
 
-    def overflow(self, records: list[Record]) -> None:
-        """Spool records that did not fit in the buffer (blocking: call it off the event loop)."""
-        self.metrics.spooled(self.spool.append(records))
+    def append(self, records: list[Record]) -> int:
+        """Put the records on this machine's storage (one write); return the position that
+        sync() must reach. Records PostgreSQL could not store go to the dead letters instead.
+        Raises LogUnavailable when they cannot be kept: the prediction must not be answered."""
+        data, n, refused = encode(records)
+        if refused:
+            try:
+                self.dead_letters.add(COLUMNS, refused)
+            except OSError as exc:
+                raise LogUnavailable(f"cannot keep a dead letter: {exc}") from exc
+            self.metrics.dead_lettered(len(refused))
+            log.error(
+                "%d records cannot be stored (%s); kept as dead letters",
+                len(refused),
+                refused[0][1],
+            )
+        position = self.wal.append(data, n) if n else self.wal.position
+        if not self.wakeup.is_set() and self.wal.backlog_bytes() >= self.batch_bytes:
+            self.wakeup.set()
+        return position
+
+    async def record(self, records: list[Record]) -> None:
+        """append(), and with fsync on, wait (off the event loop) until the disk has them."""
+        position = self.append(records)
+        if self.fsync:
+            await anyio.to_thread.run_sync(self.wal.sync, position)
 
     def state(self) -> dict[str, Any]:
-        pending = self.spool.pending()
-        ok = self.healthy and pending == 0
+        ok = self.healthy and self.orphaned == 0
         return {
             "state": "ok" if ok else "degraded",
-            "queue_depth": len(self.buffer),
-            "spool_records": pending,
+            "backlog_records": self.wal.backlog_records(),
+            "orphaned_records": self.orphaned,
+            "dead_letter_records": self.dead_letters.count(),
+            "fsync": self.fsync,
         }
 
-    def _take_batch(self) -> list[Record]:
-        """Up to batch_size records, oldest first (the only consumer is the writer thread)."""
-        batch: list[Record] = []
-        popleft = self.buffer.popleft
-        try:
-            while len(batch) < self.batch_size:
-                batch.append(popleft())
-        except IndexError:
-            pass
-        return batch
+    # -- the writer thread -----------------------------------------------------------------
 
-    def _write(self, batch: list[Record]) -> None:
-        try:
-            self.sink.write(batch, fresh=True)
-        except Exception as exc:  # noqa: BLE001 - any failure: keep the records on disk
-            self.healthy = False
-            log.warning("database write of %d records failed (%s); spooling", len(batch), exc)
-            self.metrics.failed(len(batch))
-            self.metrics.spooled(self.spool.append(batch))
-        else:
-            self.metrics.written(len(batch))
+    def _deliver(self, columns: tuple[str, ...], data: bytes, *, fresh: bool) -> int:
+        """Write the lines, isolating the ones the database refuses; return how many went in.
+        Raises when the database cannot be reached."""
+        refused = write_isolating(self.sink, columns, data, fresh=fresh)
+        if refused:
+            self.dead_letters.add(columns, refused)
+            self.metrics.dead_lettered(len(refused))
+            log.error("the database refused %d records (%s); kept as dead letters",
+                      len(refused), refused[0][1])  # fmt: skip
+        return data.count(b"\n") - len(refused)
+
+    def _drain(self) -> None:
+        while chunk := self.wal.next_chunk(self.batch_bytes):
+            segment, data = chunk
+            n = data.count(b"\n")
+            try:
+                written = self._deliver(segment.columns, data, fresh=True)
+            except Exception as exc:  # noqa: BLE001 - the records stay in the file
+                if self.healthy:
+                    log.warning("database write of %d records failed (%s); will retry", n, exc)
+                self.healthy = False
+                self.metrics.failed(n)
+                return
+            self.wal.committed(segment, len(data), n)
+            self.metrics.written(written)
+            # After every batch, not once drained: a writer falling behind never is.
+            self.metrics.observe(
+                backlog=self.wal.backlog_records(), dead_letters=self.dead_letters.count()
+            )
+        self.healthy = True
 
     def _replay(self) -> None:
+        """Records of dead workers (and of the spool of earlier versions)."""
+
+        def deliver(columns: tuple[str, ...], data: bytes) -> None:
+            self.metrics.replayed(self._deliver(columns, data, fresh=False))
+
         try:
-            n = self.spool.replay_own(self.sink, self.batch_size)
-            n += self.spool.replay_orphans(self.sink, self.batch_size)
+            wal.replay_orphans(self.wal.root, self.wal.path, deliver, self.batch_bytes)
+            if self.legacy_spool is not None:
+                self._replay_legacy_spool(self.legacy_spool, deliver)
+            self.orphaned = 0
         except Exception as exc:  # noqa: BLE001 - still down; try again later
             self.healthy = False
-            log.info("spool replay deferred: %s", exc)
-            return
-        self.healthy = True
-        if n:
-            self.metrics.written(n)
-            log.warning("replayed %d spooled records", n)
+            self.orphaned = wal.orphaned_records(self.wal.root, self.wal.path)
+            log.info("replay of a stopped worker's records deferred: %s", exc)
+
+    def _replay_legacy_spool(self, directory: Path, deliver: wal.Deliver) -> None:
+        """Spool files (JSON lines of records) left by versions before the write-ahead files."""
+        for path in sorted(directory.glob("spool-*.jsonl")):
+            with open(path, "rb") as f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a worker of the old version still runs
+                records = []
+                for n, text in enumerate(f.read().splitlines(), 1):
+                    try:
+                        fields = json.loads(text)
+                        if not isinstance(fields["inputs"], str):
+                            fields["inputs"] = json.dumps(fields["inputs"])
+                        records.append(Record(**fields))
+                    except (ValueError, TypeError, KeyError):  # torn by a crash
+                        log.error("%s line %d is not a record; skipped", path.name, n)
+                data, _, refused = encode(records)
+                self.dead_letters.add(COLUMNS, refused)
+                for chunk in wal.lines_chunks(data, self.batch_bytes):
+                    deliver(COLUMNS, chunk)
+                path.unlink()
+            log.warning("replayed %d records from %s", len(records), path.name)
 
     def _run(self) -> None:
-        self._replay()  # records left by a previous run of this or another worker
-        last_retry = time.monotonic()
+        self._replay()
+        last_try = last_scan = time.monotonic()
         while True:
             stopping = self.stopping.is_set()
-            if len(self.buffer) < self.batch_size and not stopping:
+            if stopping:
+                pass
+            elif not self.healthy:  # the next retry; a backlog must not make it spin
+                self.stopping.wait(max(last_try + self.retry_interval - time.monotonic(), 0))
+            elif self.wal.backlog_bytes() < self.batch_bytes:
                 self.wakeup.wait(self.flush_interval)
                 self.wakeup.clear()
-            while batch := self._take_batch():
-                self._write(batch)
             now = time.monotonic()
-            if (not self.healthy or self.spool.count) and now - last_retry >= self.retry_interval:
-                self._replay()
-                last_retry = now
-            self.metrics.observe(queue_depth=len(self.buffer), spool_records=self.spool.count)
-            if stopping and not self.buffer:
+            try:
+                if self.healthy or stopping or now - last_try >= self.retry_interval:
+                    last_try = now
+                    self._drain()
+                    if self.healthy and (self.orphaned or now - last_scan >= ORPHAN_SCAN_SECONDS):
+                        last_scan = now
+                        self._replay()
+                self.wal.rotate_if_due()
+                self.metrics.observe(
+                    backlog=self.wal.backlog_records(), dead_letters=self.dead_letters.count()
+                )
+            except Exception:  # noqa: BLE001 - the writer must outlive anything (a full disk)
+                log.exception("inference log writer failed; retrying")
+                self.healthy = False
+                last_try = now
+            if stopping:
                 break
-        if self.spool.count:
-            self._replay()
 
     def close(self, timeout: float = 20.0) -> None:
-        """Flush: write (or spool) everything buffered, then stop the writer."""
+        """Stop taking records, write what is waiting, and delete the file if the database has
+        it all; otherwise leave it for the next start to replay."""
         self.stopping.set()
         self.wakeup.set()
-        self.thread.join(timeout)
-        leftover = self._take_all()
-        if leftover:  # the writer could not finish in time: keep them on disk
-            self.spool.append(leftover)
+        if self.thread.ident is not None:  # started
+            self.thread.join(timeout)
+        if not self.wal.close():
+            log.warning(
+                "%d records wait in %s for the next start",
+                self.wal.backlog_records(),
+                self.wal.path,
+            )
         self.sink.close()
-        self.spool.close()
 
-    def _take_all(self) -> list[Record]:
-        records: list[Record] = []
-        while batch := self._take_batch():
-            records.extend(batch)
-        return records
+
+def directory(data_dir: Path) -> Path:
+    """Where a data folder keeps the inference log's files."""
+    return data_dir / "inference-log"
+
+
+def from_settings(settings: Any, metrics: Metrics | None = None) -> InferenceLog:
+    """This worker's log as the settings describe it, started."""
+    from persistence.sinks import make_sink
+
+    return InferenceLog(
+        make_sink(settings.sqlalchemy_url),
+        directory(settings.data_dir),
+        batch_bytes=settings.log_batch_bytes,
+        flush_interval=settings.log_flush_interval_ms / 1000,
+        retry_interval=settings.log_retry_seconds,
+        fsync=settings.log_fsync,
+        legacy_spool=settings.data_dir / "spool",
+        metrics=metrics,
+    ).start()

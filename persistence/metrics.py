@@ -9,29 +9,35 @@ class PrometheusLogMetrics:
     def __init__(self) -> None:
         import prometheus_client as prom  # imported late: the worker sets PROMETHEUS_MULTIPROC_DIR
 
-        self.queue_depth = prom.Gauge(
-            "attrition_inference_log_queue_depth",
-            "Records waiting in the worker's in-memory queue",
+        self.backlog = prom.Gauge(
+            "attrition_inference_log_backlog_records",
+            "Records in the worker's write-ahead file not yet in the database",
             multiprocess_mode="livesum",
         )
-        self.spool_records = prom.Gauge(
-            "attrition_inference_log_spool_records",
-            "Records waiting in the worker's spool file for the database",
-            multiprocess_mode="livesum",
+        self.dead_letter_records = prom.Gauge(
+            "attrition_inference_log_dead_letter_records",
+            "Records in the dead-letter file (shared by the workers)",
+            multiprocess_mode="max",
         )
         self.written_total = prom.Counter(
-            "attrition_inference_log_written", "Records written to the database (incl. replays)"
+            "attrition_inference_log_written", "Records written to the database"
         )
         self.failed_total = prom.Counter(
-            "attrition_inference_log_failed", "Records whose database write failed (then spooled)"
+            "attrition_inference_log_failed",
+            "Records whose database write failed (they stay in the write-ahead file)",
         )
-        self.spooled_total = prom.Counter(
-            "attrition_inference_log_spooled", "Records appended to a spool file"
+        self.replayed_total = prom.Counter(
+            "attrition_inference_log_replayed",
+            "Records written from the files of stopped workers (or an old spool)",
+        )
+        self.dead_lettered_total = prom.Counter(
+            "attrition_inference_log_dead_lettered",
+            "Records put in the dead-letter file because the database refuses them",
         )
 
-    def observe(self, *, queue_depth: int, spool_records: int) -> None:
-        self.queue_depth.set(queue_depth)
-        self.spool_records.set(spool_records)
+    def observe(self, *, backlog: int, dead_letters: int) -> None:
+        self.backlog.set(backlog)
+        self.dead_letter_records.set(dead_letters)
 
     def written(self, n: int) -> None:
         self.written_total.inc(n)
@@ -39,8 +45,11 @@ class PrometheusLogMetrics:
     def failed(self, n: int) -> None:
         self.failed_total.inc(n)
 
-    def spooled(self, n: int) -> None:
-        self.spooled_total.inc(n)
+    def replayed(self, n: int) -> None:
+        self.replayed_total.inc(n)
+
+    def dead_lettered(self, n: int) -> None:
+        self.dead_lettered_total.inc(n)
 
 
 @lru_cache

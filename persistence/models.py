@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
@@ -72,41 +72,56 @@ class LoginAttempt(SQLModel, table=True):
 
 
 class InferenceBase(SQLModel):
-    subject: str = Field(max_length=255, description="The token's subject.")
-    route: str = Field(max_length=128)
-    model_tag: str = Field(max_length=128)
+    # Text columns without a length limit: a record the database refused for its length would
+    # have to be dead-lettered, so limits belong to the API models that accept the values.
+    subject: str = Field(sa_type=Text, description="The token's subject.")
+    route: str = Field(sa_type=Text)
+    model_tag: str = Field(sa_type=Text)
     batch_id: uuid.UUID | None = Field(default=None, description="Shared by the rows of one batch.")
     position: int | None = Field(default=None, description="Row of the employee in its batch.")
-    inputs: dict[str, Any] = Field(
-        sa_column=Column(JSON().with_variant(JSONB(), "postgresql"), nullable=False)
-    )
+    # json, not jsonb: PostgreSQL keeps the text as sent instead of decomposing it, which cut
+    # its CPU per logged row by a third (loadtests/log_write_bench.py); reads parse it either way.
+    inputs: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     probability: float
-    label: str = Field(max_length=8)
+    label: str = Field(sa_type=Text)
     threshold: float
     latency_ms: float
+    employee_ref: str | None = Field(
+        default=None,
+        sa_type=Text,
+        description="The caller's reference for the employee, if it sent one (never a model input).",
+    )
     drivers: dict[str, Any] | None = Field(
         default=None,
-        # none_as_null: a prediction without drivers has SQL NULL there, not JSON 'null'.
-        sa_column=Column(
-            JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql"),
-            nullable=True,
-        ),
+        # none_as_null: a prediction without drivers has SQL NULL there, not JSON 'null'; json,
+        # not jsonb, for the same reason as inputs.
+        sa_column=Column(JSON(none_as_null=True), nullable=True),
         description="The explanation returned with the prediction, when it was asked for.",
     )
 
 
 class Inference(InferenceBase, table=True):
-    """One prediction: what it was made from and what it said. The id is the request id."""
+    """One prediction: what it was made from and what it said. The id is the request id.
+
+    On PostgreSQL the table is partitioned by month of created_at (persistence/partitions.py),
+    so the primary key includes it; an id is still unique, as every record has one created_at.
+    """
 
     __tablename__ = "inferences"
     __table_args__ = (
         Index("ix_inferences_created_id", "created_at", "id"),
         Index("ix_inferences_subject_created_id", "subject", "created_at", "id"),
-        Index("ix_inferences_batch_id", "batch_id"),
+        Index(
+            "ix_inferences_employee_ref",
+            "employee_ref",
+            postgresql_where=text("employee_ref IS NOT NULL"),
+            sqlite_where=text("employee_ref IS NOT NULL"),
+        ),
+        {"postgresql_partition_by": "RANGE (created_at)"},
     )
 
     id: uuid.UUID = Field(primary_key=True)
-    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, primary_key=True, nullable=False))
 
 
 class InferencePublic(InferenceBase):
@@ -150,3 +165,20 @@ class MonitoringReport(SQLModel, table=True):
     summary: dict[str, Any] = Field(
         sa_column=Column(JSON().with_variant(JSONB(), "postgresql"), nullable=False)
     )
+
+
+class LogErasure(SQLModel, table=True):
+    """One erasure or retention prune of the inference log: who, when, which filter, how many
+    rows. Never the erased values: a subject or employee_ref filter is kept as its SHA-256."""
+
+    __tablename__ = "log_erasures"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime, nullable=False))
+    requested_by: str = Field(sa_type=Text)
+    reason: str | None = Field(default=None, sa_type=Text)
+    filter_kind: str = Field(sa_type=Text, description="subject, employee_ref or created_before.")
+    filter_sha256: str | None = Field(default=None, sa_type=Text)
+    created_before: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    rows: int = Field(description="Rows deleted from the database.")
+    dead_letters: int = Field(default=0, description="Records removed from the dead-letter file.")

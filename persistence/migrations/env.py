@@ -5,6 +5,7 @@ from sqlmodel import SQLModel
 
 import persistence.models  # noqa: F401  (registers the tables on the metadata)
 from persistence.db import MIGRATION_LOCK, make_engine
+from persistence.partitions import include_name
 
 config = context.config
 target_metadata = SQLModel.metadata
@@ -20,7 +21,9 @@ def url() -> str:
 
 
 def run_offline() -> None:
-    context.configure(url=url(), target_metadata=target_metadata, literal_binds=True)
+    context.configure(
+        url=url(), target_metadata=target_metadata, literal_binds=True, include_name=include_name
+    )
     with context.begin_transaction():
         context.run_migrations()
 
@@ -34,6 +37,7 @@ def run_online() -> None:
                 target_metadata=target_metadata,
                 render_as_batch=conn.dialect.name == "sqlite",
                 compare_type=True,
+                include_name=include_name,
             )
             with context.begin_transaction():
                 if conn.dialect.name == "postgresql":

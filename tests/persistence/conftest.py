@@ -13,3 +13,11 @@ def url(request: pytest.FixtureRequest, postgres: PostgresDatabases, tmp_path: P
     url = database_url(request.param, postgres, tmp_path)
     upgrade(url)
     return url
+
+
+@pytest.fixture
+def pg_url(postgres: PostgresDatabases) -> str:
+    """A migrated PostgreSQL database, for what only PostgreSQL does."""
+    url = postgres.create()
+    upgrade(url)
+    return url

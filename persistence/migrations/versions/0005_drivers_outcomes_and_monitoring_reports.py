@@ -1,7 +1,7 @@
 """drivers, outcomes and monitoring reports
 
 Revision ID: 0005
-Revises: 0002
+Revises: 0004
 Create Date: 2026-11-28 00:31:24.613445
 """
 
@@ -15,7 +15,7 @@ import persistence.types
 from sqlalchemy.dialects import postgresql
 
 revision: str = '0005'
-down_revision: str | None = '0003'
+down_revision: str | None = '0004'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -41,7 +41,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('inference_id', 'revision', name='uq_outcomes_revision')
     )
     # A plain ADD COLUMN (nullable, no default): instant, and it works on a partitioned table.
-    op.add_column('inferences', sa.Column('drivers', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True))
+    op.add_column('inferences', sa.Column('drivers', sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
