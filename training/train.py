@@ -208,7 +208,8 @@ def current_model() -> str | None:
         model = bentoml.models.get(f"{MODEL_NAME}:latest")
     except bentoml.exceptions.NotFound:
         return None
-    if model.info.metadata.get("artifact_version", 1) < ARTIFACT_VERSION:
+    version = model.info.metadata.get("artifact_version", 1)
+    if not isinstance(version, int) or version < ARTIFACT_VERSION:
         return None
     return str(model.tag)
 
