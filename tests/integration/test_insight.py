@@ -284,11 +284,20 @@ def test_monitoring_report_is_stored_served_to_admins_and_exported(
     for user in ("predictor", "historian", "hr"):
         assert httpx.get(f"{stack.server.url}/monitoring/latest", headers=stack.headers(user),
                          timeout=30).status_code == 403  # fmt: skip
-    metrics = httpx.get(f"{stack.server.url}/metrics", timeout=30).text
+    # Each worker reads the last report at most every MONITORING_CACHE_SECONDS (30 s); an
+    # earlier scrape in this stack may have cached "no report" just before this one was saved.
+    scraped: list[str] = []
+
+    def gauge_shown() -> bool:
+        scraped[:] = [httpx.get(f"{stack.server.url}/metrics", timeout=30).text]
+        return "attrition_monitoring_drift_share " in scraped[0]
+
+    wait_for(gauge_shown, timeout=45, what="the report's gauges in /metrics")
+    metrics = scraped[0]
     share = [
         ln for ln in metrics.splitlines() if ln.startswith("attrition_monitoring_drift_share ")
     ]
-    assert share and float(share[0].split()[1]) == summary["drift"]["share_drifted"]
+    assert float(share[0].split()[1]) == summary["drift"]["share_drifted"]
     assert "attrition_monitoring_report_age_seconds " in metrics
     assert "attrition_monitoring_min_selection_ratio " in metrics
 

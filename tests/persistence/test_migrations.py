@@ -152,7 +152,7 @@ def test_0004_keeps_the_logged_rows_both_ways(url: str) -> None:
 
 
 def test_0004_carries_over_a_column_added_before_it(url: str) -> None:
-    """Another branch's revision (a nullable `drivers` column) may run before 0004 on merge."""
+    """A column added before 0004 (by hand, or by another branch's revision) survives the rebuild."""
     from alembic import command
 
     from persistence.db import alembic_config
@@ -161,16 +161,16 @@ def test_0004_carries_over_a_column_added_before_it(url: str) -> None:
     engine = make_engine(url)
     rid = uuid.uuid4()
     with engine.begin() as conn:
-        conn.execute(text("ALTER TABLE inferences ADD COLUMN drivers TEXT"))
+        conn.execute(text("ALTER TABLE inferences ADD COLUMN legacy_note TEXT"))
         conn.execute(
             text(
                 "INSERT INTO inferences (id, created_at, subject, route, model_tag, inputs,"
-                " probability, label, threshold, latency_ms, drivers) VALUES (:id,"
+                " probability, label, threshold, latency_ms, legacy_note) VALUES (:id,"
                 " '2025-03-04 10:00:00+00:00', 's', '/r', 'm', '{}', 0.5, 'No', 0.35, 1.0, 'why')"
             ),
             {"id": rid if url.startswith("postgresql") else rid.hex},
         )
     upgrade(url)
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT drivers FROM inferences")).scalar_one() == "why"
+        assert conn.execute(text("SELECT legacy_note FROM inferences")).scalar_one() == "why"
     engine.dispose()

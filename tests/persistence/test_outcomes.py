@@ -11,6 +11,7 @@ from persistence.db import make_engine
 from persistence.models import Inference
 from persistence.outcomes import OutcomeIn, OutcomesRefused, record_outcomes
 from persistence.reports import read_outcomes as read_window_outcomes
+from tests.persistence.conftest import partitions_for
 
 NOW = datetime(2027, 3, 1, tzinfo=UTC)
 PREDICTED = NOW - timedelta(days=90)
@@ -29,6 +30,7 @@ def read_outcomes(*, engine, inference_ids):  # type: ignore[no-untyped-def]
 
 @pytest.fixture()
 def engine(url: str):  # type: ignore[no-untyped-def]
+    partitions_for(url, PREDICTED)
     engine = make_engine(url)
     yield engine
     engine.dispose()

@@ -9,11 +9,13 @@ from persistence.db import make_engine
 from persistence.metrics import monitoring_gauges
 from persistence.models import Inference
 from persistence.reports import latest_report, read_log, save_report
+from tests.persistence.conftest import partitions_for
 
 T0 = datetime(2027, 1, 10, tzinfo=UTC)
 
 
 def test_read_log_takes_the_window_and_the_model_and_spreads_the_inputs(url: str) -> None:
+    partitions_for(url, T0 - timedelta(hours=1), T0 + timedelta(hours=24))
     engine = make_engine(url)
     with Session(engine) as session:
         for i, (tag, hours) in enumerate(
