@@ -24,9 +24,10 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlmodel import Session
 
 from auth import http
+from auth.fastpath import UNEXPECTED, FastResponse, FastRoutes
 from auth.guard import RequestGuard
 from auth.login import PasswordGrant, Token
-from auth.middleware import JWTAuthMiddleware
+from auth.middleware import JWTAuthMiddleware, Principal, Refusal
 from deploy.lifecycle import Drain, call_with_retry
 from persistence import inference_log
 from persistence.db import make_engine, upgrade
@@ -299,6 +300,10 @@ api = FastAPI(title="Attrition service: status and auth", docs_url=None, redoc_u
 http.install(settings, api)
 
 
+# The header BentoML adds to every API response (its _add_response_headers).
+SERVER_HEADER = [(b"server", b"BentoML Service/AttritionService")]
+
+
 def label(probability: float, threshold: float) -> Literal["Yes", "No"]:
     return "Yes" if probability >= threshold else "No"
 
@@ -338,6 +343,14 @@ class AttritionService:
         self.log: InferenceLog | None = None
         if settings.log_enabled:
             self.log = inference_log.from_settings(settings, log_metrics())
+        # The same checks as the middlewares, for the fast path.
+        self.auth = JWTAuthMiddleware(None, self.settings)
+        FastRoutes.register(
+            "/predict/attrition",
+            self._fast_predict,
+            max_body_bytes=settings.max_body_bytes,
+            timeout=AttritionService.config.get("traffic", {}).get("timeout"),  # type: ignore[attr-defined]
+        )
         self.drain = Drain(
             "AttritionService",
             delay=settings.shutdown_delay_seconds,
@@ -425,6 +438,50 @@ class AttritionService:
         batch: bool,
         top_k: int | None = None,
     ) -> tuple[str, list[float], list[Explanation] | None]:
+        """_scored_and_recorded for a BentoML route; the request id goes in a header."""
+        # request.url would parse and rebuild the URL; the scope has the path.
+        route = ctx.request.scope["path"]
+        answer = await self._scored_and_recorded(
+            employees, caller(ctx.request), route, batch=batch, top_k=top_k
+        )
+        ctx.response.headers["X-Request-ID"] = answer[0]
+        return answer
+
+    async def _fast_predict(self, scope: dict[str, Any], body: bytes) -> FastResponse | None:
+        """POST /predict/attrition without a query string, on the fast path (auth/fastpath.py):
+        None (the full stack answers) for anything but an authorized, valid request."""
+        principal = await self.auth.check(scope) if self.auth.enabled else None
+        if isinstance(principal, Refusal):
+            return None
+        try:
+            employee = EmployeeInput.model_validate_json(body)
+        except ValidationError:
+            return None
+        try:
+            request_id, [p], _ = await self._scored_and_recorded(
+                [employee], principal, scope["path"], batch=False
+            )
+        except ServiceUnavailable:  # as BentoML answers it on the full stack
+            return FastResponse(503, UNEXPECTED, SERVER_HEADER)
+        answer = Prediction(
+            request_id=request_id,
+            probability=p,
+            label=label(p, self.threshold),
+            threshold=self.threshold,
+            model_tag=MODEL_TAG,
+        )
+        headers = [(b"x-request-id", request_id.encode()), *SERVER_HEADER]
+        return FastResponse(200, answer.model_dump_json().encode(), headers)
+
+    async def _scored_and_recorded(
+        self,
+        employees: Sequence[Employee],
+        principal: Principal | None,
+        route: str,
+        *,
+        batch: bool,
+        top_k: int | None = None,
+    ) -> tuple[str, list[float], list[Explanation] | None]:
         """The one path every prediction takes: score (and explain, when asked), then put one
         record per row in the log (on this machine's storage) before the answer can be sent."""
         started = time.perf_counter()
@@ -438,10 +495,8 @@ class AttritionService:
             probs = await self._score(list(employees))
         latency_ms = (time.perf_counter() - started) * 1000
         if self.log is not None:
-            principal = caller(ctx.request)
             created_at = datetime.now(UTC).isoformat()
             subject = principal.subject if principal else "anonymous"
-            route = ctx.request.scope["path"]  # request.url would parse and rebuild the URL
             threshold = self.threshold
             if batch:  # one record per row, each with an id of its own
                 ids = [str(uuid.uuid5(request_id, str(i))) for i in range(len(employees))]
@@ -461,7 +516,6 @@ class AttritionService:
             except LogUnavailable as exc:  # no record, no answer
                 logger.error("prediction %s not answered: %s", request_id, exc)
                 raise ServiceUnavailable("the prediction could not be recorded; retry") from exc
-        ctx.response.headers["X-Request-ID"] = str(request_id)
         return str(request_id), probs, explanations
 
     @bentoml.api(route="/predict/attrition")

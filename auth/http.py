@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 from starlette.routing import Route
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from auth import fastpath
 from auth.login import NO_STORE
 from auth.middleware import error_body
 from settings import Settings
@@ -190,7 +191,7 @@ class RouteLabelledMetrics(instruments.RunnerTrafficMetricsMiddleware):
     labels: RouteLabels | None = None
 
     def __init__(self, app: Any, **options: Any) -> None:
-        super().__init__(_restore_path(app), **options)
+        super().__init__(_restore_path(fastpath.wrap(app)), **options)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and self.labels is not None:

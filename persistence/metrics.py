@@ -69,6 +69,23 @@ def rejected_counter() -> Any:
 
 
 @lru_cache
+def fast_path_counter(route: str) -> Any:
+    """The counter of requests to `route` answered on the fast path (auth/fastpath.py)."""
+    return _fast_path_counter().labels(route=route)
+
+
+@lru_cache
+def _fast_path_counter() -> Any:
+    import prometheus_client as prom
+
+    return prom.Counter(
+        "attrition_fast_path_requests",
+        "Requests answered on the fast path; the route's others took BentoML's full stack",
+        ["route"],
+    )
+
+
+@lru_cache
 def runner_batch_histogram() -> Any:
     import prometheus_client as prom
 

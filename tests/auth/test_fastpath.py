@@ -1,0 +1,159 @@
+"""The fast path's dispatcher (auth/fastpath.py) as pure ASGI: what it takes, what it declines
+(with the body replayed whole to the full stack), and its timeout and failure answers."""
+
+import asyncio
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from auth.fastpath import FastResponse, FastRoutes, wrap
+
+BODY = b'{"Age": 41}'
+
+
+def scope(
+    path: str = "/fast",
+    method: str = "POST",
+    query: bytes = b"",
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> dict[str, Any]:
+    if headers is None:
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"11")]
+    return {
+        "type": "http", "method": method, "path": path, "query_string": query,
+        "headers": headers, "scheme": "http", "client": ("127.0.0.1", 5000),
+    }  # fmt: skip
+
+
+class Full:
+    """The full stack behind the fast path: records what reached it and the body it read."""
+
+    def __init__(self) -> None:
+        self.calls: list[bytes] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        self.calls.append(body)
+        await send({"type": "http.response.start", "status": 299, "headers": []})
+        await send({"type": "http.response.body", "body": b"full"})
+
+
+def run(app: Any, scope: dict[str, Any], chunks: list[bytes] | None = None) -> list[dict[str, Any]]:
+    chunks = [BODY] if chunks is None else chunks
+    incoming = [
+        {"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
+        for i, c in enumerate(chunks)
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return sent
+
+
+@pytest.fixture()
+def handled() -> Iterator[list[bytes]]:
+    """A registered handler that answers bodies starting with '{' and declines the rest."""
+    seen: list[bytes] = []
+
+    async def handler(scope: dict[str, Any], body: bytes) -> FastResponse | None:
+        seen.append(body)
+        if not body.startswith(b"{"):
+            return None
+        return FastResponse(200, b'{"ok":true}', [(b"x-request-id", b"r1")])
+
+    FastRoutes.register("/fast", handler, max_body_bytes=100, timeout=5)
+    yield seen
+    FastRoutes.clear()
+
+
+def test_an_ordinary_request_is_answered_by_its_handler(handled: list[bytes]) -> None:
+    full = Full()
+    start, body = run(wrap(full), scope(), [b'{"Age"', b": 41}"])
+    assert handled == [BODY] and full.calls == []
+    assert start["status"] == 200 and body["body"] == b'{"ok":true}'
+    headers = dict(start["headers"])
+    assert headers[b"content-length"] == b"11" and headers[b"content-type"] == b"application/json"
+    assert headers[b"x-request-id"] == b"r1"
+
+
+@pytest.mark.parametrize(
+    "request_scope",
+    [
+        scope(query=b"explain=true"),
+        scope(method="GET"),
+        scope(path="/other"),
+        scope(headers=[(b"content-length", b"11")]),  # no content type
+        scope(headers=[(b"content-type", b"text/plain"), (b"content-length", b"11")]),
+        scope(headers=[(b"content-type", b"application/json")]),  # no length: chunked
+        scope(headers=[(b"content-type", b"application/json"), (b"content-length", b"101")]),
+        scope(headers=[(b"content-type", b"application/json"), (b"content-length", b"1x")]),
+        scope(
+            headers=[
+                (b"content-type", b"application/json"),
+                (b"content-type", b"application/json"),
+                (b"content-length", b"11"),
+            ]
+        ),  # fmt: skip
+        scope(
+            headers=[
+                (b"content-type", b"application/json"),
+                (b"content-length", b"11"),
+                (b"content-length", b"11"),
+            ]
+        ),  # fmt: skip
+    ],
+)
+def test_anything_unusual_goes_to_the_full_stack_untouched(
+    handled: list[bytes], request_scope: dict[str, Any]
+) -> None:
+    full = Full()
+    start, body = run(wrap(full), request_scope)
+    assert handled == [] and full.calls == [BODY]
+    assert start["status"] == 299 and body["body"] == b"full"
+
+
+def test_a_declined_body_is_replayed_whole_to_the_full_stack(handled: list[bytes]) -> None:
+    full = Full()
+    start, _ = run(wrap(full), scope(), [b"not ", b"json"])
+    assert handled == [b"not json"] and full.calls == [b"not json"] and start["status"] == 299
+
+
+def test_parameters_on_the_content_type_are_still_json(handled: list[bytes]) -> None:
+    headers = [(b"content-type", b"Application/JSON; charset=utf-8"), (b"content-length", b"11")]
+    start, _ = run(wrap(Full()), scope(headers=headers))
+    assert start["status"] == 200 and handled == [BODY]
+
+
+def test_a_slow_handler_gets_bentomls_504_and_a_failing_one_its_500() -> None:
+    async def slow(scope: dict[str, Any], body: bytes) -> FastResponse | None:
+        await asyncio.sleep(5)
+        return None
+
+    async def failing(scope: dict[str, Any], body: bytes) -> FastResponse | None:
+        raise RuntimeError("boom")
+
+    try:
+        FastRoutes.register("/fast", slow, max_body_bytes=100, timeout=0.05)
+        start, body = run(wrap(Full()), scope())
+        assert start["status"] == 504
+        assert json.loads(body["body"]) == {
+            "error": "Not able to process the request in 0.05 seconds"
+        }
+        FastRoutes.register("/fast", failing, max_body_bytes=100, timeout=5)
+        start, body = run(wrap(Full()), scope())
+        assert start["status"] == 500 and "unexpected error" in json.loads(body["body"])["error"]
+    finally:
+        FastRoutes.clear()

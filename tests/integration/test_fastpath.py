@@ -1,0 +1,130 @@
+"""The fast path of POST /predict/attrition (auth/fastpath.py) against BentoML's full stack, on a
+real server: the same answer, headers, access-log line, metrics and log record; and everything
+unusual still answered by the full stack."""
+
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import Stack
+from tests.helpers import employee_rows
+from tests.integration.test_inference_log import rows_for, wait_for
+
+pytestmark = pytest.mark.integration
+ROUTE = "/predict/attrition"
+
+
+@pytest.fixture(scope="module")
+def client(stack: Stack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stack.server.url, timeout=60) as c:
+        yield c
+
+
+def fast_count(client: httpx.Client) -> float:
+    text = client.get("/metrics").text
+    found = re.search(r'^attrition_fast_path_requests_total\{route="/predict/attrition"\} (\S+)$',
+                      text, re.M)  # fmt: skip
+    return float(found.group(1)) if found else 0.0
+
+
+def request_count(client: httpx.Client, status: int) -> float:
+    text = client.get("/metrics").text
+    total = 0.0
+    for line in text.splitlines():
+        if (line.startswith("bentoml_service_request_total{")
+                and 'endpoint="/predict/attrition"' in line
+                and f'http_response_code="{status}"' in line):  # fmt: skip
+            total += float(line.split()[-1])
+    return total
+
+
+def comparable(r: httpx.Response) -> tuple[int, dict[str, Any], dict[str, str]]:
+    body = r.json()
+    body.pop("request_id")
+    headers = {k: v for k, v in r.headers.items() if k not in ("date", "x-request-id")}
+    return r.status_code, body, headers
+
+
+def test_fast_and_full_stack_give_the_same_answer_headers_and_record(
+    stack: Stack, client: httpx.Client
+) -> None:
+    row = employee_rows(3)[2]
+    auth = stack.headers("predictor")
+    before, ok_before = fast_count(client), request_count(client, 200)
+    fast = client.post(ROUTE, json=row, headers=auth)
+    # A query string is never the fast path's: this one takes BentoML's full stack.
+    full = client.post(ROUTE, params={"explain": "false"}, json=row, headers=auth)
+    assert fast.status_code == 200 and full.status_code == 200, (fast.text, full.text)
+    assert fast_count(client) - before == 1
+    assert comparable(fast) == comparable(full)
+    assert fast.headers["x-request-id"] == fast.json()["request_id"]
+    assert fast.content.decode().startswith('{"request_id":')  # the same key order, too
+    assert list(fast.json()) == list(full.json())
+    # Both are in BentoML's request metrics, and both in the inference log with their inputs.
+    wait_for(lambda: request_count(client, 200) - ok_before >= 2, what="request metrics")
+    ids = [fast.json()["request_id"], full.json()["request_id"]]
+    wait_for(lambda: len(rows_for(stack.url, ids)) == 2, what="both log rows")
+    logged = rows_for(stack.url, ids)
+    fast_row, full_row = logged[ids[0]], logged[ids[1]]
+    for key in ("subject", "route", "inputs", "probability", "label", "threshold"):
+        assert fast_row[key] == full_row[key], key
+    assert fast_row["subject"] == "predictor" and fast_row["route"] == ROUTE
+
+
+def test_the_access_log_has_the_fast_paths_line_like_the_full_stacks(
+    stack: Stack, client: httpx.Client
+) -> None:
+    row = employee_rows(1)[0]
+    client.post(ROUTE, json=row, headers=stack.headers("predictor"))
+    client.post(ROUTE, params={"explain": "false"}, json=row, headers=stack.headers("predictor"))
+    pattern = re.compile(
+        r"\(scheme=http,method=POST,path=/predict/attrition,type=application/json,length=\d+\) "
+        r"\(status=200,type=application/json,length=(\d+)\) [\d.]+ms"
+    )
+
+    def two_lines() -> bool:
+        return len(pattern.findall(stack.server.log_path.read_text())) >= 2
+
+    wait_for(two_lines, what="access-log lines")
+
+
+@pytest.mark.parametrize(
+    ("kind", "status"),
+    [("no token", 401), ("no role", 403), ("bad field", 400), ("bad json", 400),
+     ("text body", 415), ("too large", 413), ("chunked", 200), ("bad query", 400)],
+)  # fmt: skip
+def test_what_the_fast_path_declines_the_full_stack_answers(
+    stack: Stack, client: httpx.Client, kind: str, status: int
+) -> None:
+    row = employee_rows(1)[0]
+    auth = stack.headers("predictor")
+    body = httpx.Request("POST", "/", json=row).content
+    request: dict[str, Any] = {"headers": {**auth, "content-type": "application/json"},
+                               "content": body}  # fmt: skip
+    if kind == "no token":
+        request["headers"].pop("Authorization")
+    elif kind == "no role":
+        request["headers"].update(stack.headers("historian"))
+    elif kind == "bad field":
+        request["content"] = body.replace(b'"Age":', b'"Age":"old","x":')
+    elif kind == "bad json":
+        request["content"] = body[:-1]
+    elif kind == "text body":
+        request["headers"]["content-type"] = "text/plain"
+    elif kind == "too large":
+        request["content"] = b" " * (stack.settings.max_body_bytes + 1)
+    elif kind == "chunked":
+        request["content"] = iter([body[:10], body[10:]])
+    elif kind == "bad query":
+        request["params"] = {"top_k": "0"}
+    before = fast_count(client)
+    r = client.post(ROUTE, **request)
+    assert r.status_code == status, r.text
+    if status >= 400:
+        assert r.json()["detail"], r.text  # the field and the reason, as ever
+    time.sleep(0.2)
+    assert fast_count(client) == before
