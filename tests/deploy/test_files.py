@@ -1,5 +1,6 @@
 """Deployment files agree with the code: .env.example, the ConfigMaps, and the rendered
-Kubernetes overlays (probes, resources, non-root read-only containers, drain timing)."""
+Kubernetes overlays (probes, resources, non-root read-only containers, the images each overlay
+sets, drain timing)."""
 
 from typing import Any
 
@@ -45,7 +46,15 @@ def test_every_container_is_non_root_read_only_with_resources(overlay: str) -> N
             assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
             assert sc["capabilities"]["drop"] == ["ALL"], name
             assert {"requests", "limits"} <= set(c["resources"]), name
-            assert ":" in c["image"], f"{name}: every image pinned by tag"
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_every_image_is_the_one_the_overlay_sets(overlay: str) -> None:
+    kustomization = yaml.safe_load((K8S / "overlays" / overlay / "kustomization.yaml").read_text())
+    pinned = {i["name"]: f"{i['newName']}:{i['newTag']}" for i in kustomization["images"]}
+    for name, spec in pod_specs(overlay).items():
+        for c in spec["containers"]:
+            assert c["image"] in pinned.values(), f"{name}: {c['image']} is not set by the overlay"
 
 
 @pytest.mark.parametrize("overlay", ["dev", "prod"])
