@@ -70,7 +70,7 @@ build: model ## Build a Bento (bentofile.yaml) with the pinned model
 	$(BIN)/bentoml build
 
 # Needs root for apt (podman, runc, mmdebstrap) where no Docker engine is available.
-container: model ## Build the Bento and an OCI image of it (attrition-service:<version>-<model>)
+container: model ## Build the Bento, its image (attrition-service:<version>-<model>) and the monitoring image on it
 	BIN=$(BIN) deploy/image/build.sh
 
 LOADTEST_ARGS ?=

@@ -22,6 +22,20 @@ def when(text: str) -> datetime:
     return value
 
 
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a whole number of days >= 1")
+    return value
+
+
+def whole_days(days: int, now: datetime) -> tuple[datetime, datetime]:
+    """The `days` complete UTC days before `now`'s day: [00:00 UTC `days` days ago, 00:00 UTC
+    today). A daily job reports the same day whenever that day it starts: no gap, no overlap."""
+    today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return today - timedelta(days=days), today
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m monitoring", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -30,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         "--since", type=when, help=f"inclusive start (default: {DEFAULT_DAYS} days before --until)"
     )
     run.add_argument("--until", type=when, help="exclusive end (default: now)")
+    run.add_argument("--days", type=positive, help="instead of --since/--until: the last DAYS "
+                     "complete UTC days, until 00:00 UTC today (the daily CronJob's window)")  # fmt: skip
     run.add_argument("--model-tag", help="model whose predictions and training data to compare "
                      "(default: ATTRITION_MODEL_TAG, resolved in the model store)")  # fmt: skip
     run.add_argument(
@@ -39,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         "--no-store", action="store_true", help="do not store the summary in the database"
     )
     args = parser.parse_args(argv)
+    if args.days is not None and (args.since or args.until):
+        parser.error("--days replaces --since and --until")
 
     # Set before BentoML is imported: the job only reads the model store, it reports nothing.
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
@@ -52,8 +70,11 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     settings = get_settings()
-    until = args.until or datetime.now(UTC)
-    since = args.since or until - timedelta(days=DEFAULT_DAYS)
+    if args.days is not None:
+        since, until = whole_days(args.days, datetime.now(UTC))
+    else:
+        until = args.until or datetime.now(UTC)
+        since = args.since or until - timedelta(days=DEFAULT_DAYS)
     if since >= until:
         parser.error("--since must be before --until")
     reference = load_reference(args.model_tag or settings.model_tag)

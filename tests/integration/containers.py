@@ -25,8 +25,9 @@ def podman(*args: str, timeout: float = 300, input: str | None = None, check: bo
     return out.stdout
 
 
-def run_script(script: Path, env: dict[str, str] | None = None) -> float:
-    """Run an image script of deploy/image (it installs podman if needed); its seconds."""
+def run_script(script: Path, env: dict[str, str] | None = None) -> tuple[float, str]:
+    """Run an image script of deploy/image (it installs podman if needed); its seconds and
+    its output."""
     started = time.monotonic()
     out = subprocess.run(
         [str(script)],
@@ -37,4 +38,4 @@ def run_script(script: Path, env: dict[str, str] | None = None) -> float:
         timeout=1800,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return time.monotonic() - started
+    return time.monotonic() - started, out.stdout

@@ -1,25 +1,35 @@
-"""The OCI image (make container), run with podman against the real PostgreSQL: starts from
-environment variables alone, non-root, no compilers, <= 900 MB; token, prediction, log row;
-SIGTERM (`podman stop`) under load costs no 5xx and loses no row."""
+"""The OCI images (make container), run with podman against the real PostgreSQL: the service
+starts from environment variables alone, non-root, no compilers, <= 900 MB; token, prediction,
+log row; SIGTERM (`podman stop`) under load costs no 5xx and loses no row. The monitoring image
+runs the CronJob's command as its manifest says (podman kube play ignores CronJobs) and stores
+the report's summary."""
 
 import json
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from loadtests.harness import free_port, inference_rows
+from persistence import partitions
 from tests.conftest import PASSWORD, TEST_SECRET, PostgresDatabases, seed_users
-from tests.helpers import employee_rows
+from tests.helpers import employee_rows, rendered
 from tests.integration.containers import podman
 from tests.integration.traffic import Traffic
 
 pytestmark = pytest.mark.integration
 
 MAX_IMAGE_BYTES = 900 * 1000 * 1000
+# What the monitoring image adds to the service image (the monitoring extra): 97 MB measured.
+MAX_MONITORING_EXTRA_BYTES = 150 * 1000 * 1000
+COMPILERS = "for t in cc gcc g++ make git; do command -v $t; done || true"
 
 
 class Container:
@@ -59,8 +69,8 @@ class Container:
         podman("volume", "rm", "-f", self.volume, check=False)
 
 
-@pytest.fixture
-def container(image: str, postgres: PostgresDatabases) -> Iterator[tuple[Container, str]]:
+@contextmanager
+def started(image: str, postgres: PostgresDatabases) -> Iterator[tuple[Container, str]]:
     url = postgres.create()
     ctr = Container(image, url, free_port())
     try:
@@ -69,18 +79,41 @@ def container(image: str, postgres: PostgresDatabases) -> Iterator[tuple[Contain
         ctr.remove()
 
 
-def token(ctr: Container) -> dict[str, str]:
+@pytest.fixture
+def container(image: str, postgres: PostgresDatabases) -> Iterator[tuple[Container, str]]:
+    """A container of its own, on a database of its own."""
+    with started(image, postgres) as pair:
+        yield pair
+
+
+@pytest.fixture(scope="module")
+def served(image: str, postgres: PostgresDatabases) -> Iterator[tuple[Container, str]]:
+    """One container with the test users, for the tests that leave it serving (a start costs
+    10-20 s here)."""
+    with started(image, postgres) as (ctr, url):
+        seed_users(url)  # the container already migrated the database (on-deployment hook)
+        yield ctr, url
+
+
+def token(ctr: Container, user: str = "predictor") -> dict[str, str]:
     r = httpx.post(
-        f"{ctr.url}/auth/token", data={"username": "predictor", "password": PASSWORD}, timeout=30
+        f"{ctr.url}/auth/token", data={"username": user, "password": PASSWORD}, timeout=30
     )
     assert r.status_code == 200, r.text
     return {"Authorization": f"Bearer {r.json()['access_token']}"}
 
 
+def wait_for_rows(url: str, n: int) -> None:
+    deadline = time.monotonic() + 30
+    while inference_rows(url) < n and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert inference_rows(url) == n
+
+
 def test_image_runs_from_environment_alone_and_serves(
-    image: str, container: tuple[Container, str]
+    image: str, served: tuple[Container, str]
 ) -> None:
-    ctr, url = container
+    ctr, url = served
     size = int(json.loads(podman("image", "inspect", image))[0]["Size"])
     print(
         f"image {image}: {size / 1e6:.0f} MB, start to /readyz {ctr.start_seconds:.1f}s"
@@ -88,17 +121,14 @@ def test_image_runs_from_environment_alone_and_serves(
     )
     assert size <= MAX_IMAGE_BYTES
     assert podman("exec", ctr.name, "id", "-u").strip() != "0"
-    tools = podman("exec", ctr.name, "sh", "-c", "for t in cc gcc g++ make git; do command -v $t; done || true")  # fmt: skip
+    tools = podman("exec", ctr.name, "sh", "-c", COMPILERS)
     assert tools.strip() == "", f"compilers in the image: {tools}"
-    seed_users(url)  # the container already migrated the database (on-deployment hook)
+    logged = inference_rows(url)
     headers = token(ctr)
     row = employee_rows(1)[0]
     r = httpx.post(f"{ctr.url}/predict/attrition", json=row, headers=headers, timeout=30)
     assert r.status_code == 200, r.text
-    deadline = time.monotonic() + 30
-    while inference_rows(url) < 1 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert inference_rows(url) == 1
+    wait_for_rows(url, logged + 1)
 
 
 def test_podman_stop_under_load_costs_no_error_and_no_row(
@@ -118,3 +148,84 @@ def test_podman_stop_under_load_costs_no_error_and_no_row(
     before = [o for o in traffic.outcomes if o.sent < signalled]
     assert before and all(o.status == 200 for o in before)
     assert inference_rows(url) == len(traffic.ok_ids())
+
+
+def as_podman_run(
+    spec: dict[str, Any], config_maps: dict[str, dict[str, str]], secret: dict[str, str]
+) -> tuple[list[str], list[str]]:
+    """`podman run` options and arguments for a Job's pod as its manifest says: user, read-only
+    root, capabilities, memory, working directory, command, an empty volume per mount, and the
+    env it gets from the ConfigMap and the Secret (whose values are given: the test's)."""
+    (c,) = spec["containers"]
+    pod = spec["securityContext"]
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    memory = c["resources"]["limits"]["memory"].replace("Gi", "g").replace("Mi", "m")
+    options = ["--user", f"{pod['runAsUser']}:{pod['runAsGroup']}", "--read-only",
+               "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--memory", memory,
+               "-w", c["workingDir"], "--entrypoint", c["command"][0]]  # fmt: skip
+    for mount in c["volumeMounts"]:
+        options += ["--tmpfs", f"{mount['mountPath']}:rw,U"]  # every volume is an emptyDir
+    for ref in c["envFrom"]:
+        env = config_maps[ref["configMapRef"]["name"]] if "configMapRef" in ref else secret
+        options += [a for name, value in env.items() for a in ("-e", f"{name}={value}")]
+    return options, [*c["command"][1:], *c.get("args", [])]
+
+
+def test_the_monitoring_cronjob_reports_yesterday_into_the_database(
+    image: str, monitoring_image: str, served: tuple[Container, str], model_tag: str
+) -> None:
+    ctr, url = served
+    sizes = [int(json.loads(podman("image", "inspect", i))[0]["Size"]) for i in (image, monitoring_image)]  # fmt: skip
+    print(f"monitoring image {monitoring_image}: {sizes[1] / 1e6:.0f} MB, +{(sizes[1] - sizes[0]) / 1e6:.0f} MB")  # fmt: skip
+    assert sizes[1] - sizes[0] <= MAX_MONITORING_EXTRA_BYTES
+    assert (
+        json.loads(podman("image", "inspect", monitoring_image))[0]["Config"]["User"] == "bentoml"
+    )
+    tools = podman("run", "--rm", "--entrypoint", "sh", monitoring_image, "-c", COMPILERS)
+    assert tools.strip() == "", f"compilers in the image: {tools}"
+    logged = inference_rows(url)
+    hr = token(ctr, "hr")
+    rows = employee_rows(230)
+    r = httpx.post(f"{ctr.url}/predict/attrition/batch", json={"employees": rows[:200]},
+                   headers=hr, timeout=60)  # fmt: skip
+    assert r.status_code == 200, r.text
+    ids = []
+    for row in rows[200:]:
+        r = httpx.post(f"{ctr.url}/predict/attrition", json=row, headers=hr, timeout=30)
+        assert r.status_code == 200, r.text
+        ids.append(r.json()["request_id"])
+    wait_for_rows(url, logged + 230)
+    outcomes = [{"inference_id": i, "outcome": "left" if n % 3 == 0 else "stayed",
+                 "observed_at": datetime.now(UTC).isoformat()} for n, i in enumerate(ids)]  # fmt: skip
+    r = httpx.post(f"{ctr.url}/outcomes", json={"outcomes": outcomes}, headers=hr, timeout=30)
+    assert r.status_code == 201, r.text
+    # The CronJob reports the previous UTC day (--days 1): move the log to that day's noon.
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    since = today - timedelta(days=1)
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+        partitions.ensure(conn, [partitions.month_of(since)])
+        first = "(SELECT min(created_at) FROM inferences)"
+        conn.execute(
+            f"UPDATE inferences SET created_at = %s + (created_at - {first})",
+            (since + timedelta(hours=12),),
+        )
+
+    docs = rendered("dev")
+    (job,) = [d for d in docs if d["kind"] == "CronJob"]
+    config_maps = {d["metadata"]["name"]: d["data"] for d in docs if d["kind"] == "ConfigMap"}
+    secret = {"ATTRITION_DATABASE_URL": url, "ATTRITION_JWT_SECRET": TEST_SECRET}
+    spec = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    options, args = as_podman_run(spec, config_maps, secret)
+    started = time.monotonic()
+    out = podman("run", "--rm", "--network", "host", *options, monitoring_image, *args)
+    print(f"monitoring CronJob's command in {time.monotonic() - started:.1f}s: {out.strip()}")
+
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+        stored = conn.execute("SELECT model_tag, summary FROM monitoring_reports").fetchall()
+    [(tag, summary)] = stored
+    assert tag == model_tag
+    assert summary["window"] == {"since": since.isoformat(), "until": today.isoformat()}
+    assert summary["rows"] == logged + 230 and summary["performance"]["n_outcomes"] == 30
+    r = httpx.get(f"{ctr.url}/monitoring/latest", headers=token(ctr, "admin"), timeout=30)
+    assert r.status_code == 200 and r.json()["summary"] == summary

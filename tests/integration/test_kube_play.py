@@ -200,11 +200,12 @@ def test_kube_play_of_the_dev_overlay_serves_logs_and_keeps_its_rows(
     manifest = write(played.docs, tmp_path / "dev.yaml")
     started = time.monotonic()
     podman("kube", "play", str(manifest))
-    # Only Deployments become pods: the migration Job, Services, HPAs, PDBs, NetworkPolicy
-    # are skipped (the dev overlay migrates in the entry's on-deployment hook instead).
+    # Only Deployments become pods: the migration Job, the monitoring CronJob, Services, HPAs,
+    # PDBs, NetworkPolicy are skipped (the dev overlay migrates in the entry's on-deployment
+    # hook instead; test_container.py runs the CronJob's command).
     names = set(podman("pod", "ps", "--format", "{{.Name}}").split())
     assert set(played.pods) <= names, names
-    assert not {n for n in names if "migrate" in n}
+    assert not {n for n in names if "migrate" in n or "monitoring" in n}
 
     entry = f"http://127.0.0.1:{played.ports['attrition-entry']}"
     db = f"postgresql://attrition@127.0.0.1:{played.ports['attrition-postgres']}/attrition"
