@@ -13,6 +13,7 @@ stops these from taking effect.
 import asyncio
 import logging
 from collections.abc import Iterable
+from timeit import default_timer
 from typing import Any
 
 import uvicorn.config
@@ -192,14 +193,74 @@ class RouteLabelledMetrics(instruments.RunnerTrafficMetricsMiddleware):
 
     def __init__(self, app: Any, **options: Any) -> None:
         super().__init__(_restore_path(fastpath.wrap(app)), **options)
+        self._series: dict[str, RouteSeries] = {}
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and self.labels is not None:
-            path = scope["path"]
-            label = self.labels(path)
-            if label != path:
-                scope = {**scope, "path": label, ORIGINAL_PATH: path}
-        await super().__call__(scope, receive, send)
+        if scope["type"] != "http" or self.labels is None:  # websockets, lifespan: BentoML's own
+            await super().__call__(scope, receive, send)
+            return
+        if not self._is_setup:
+            self._setup()
+        if scope["path"] == "/metrics":  # as BentoML: a scrape is not a request
+            await self.app(scope, receive, send)
+            return
+        series = self._series_of(self.labels(scope["path"]))
+        if series.stamp is not None:
+            series.stamp.set_to_current_time()
+        started = default_timer()
+        status = 0
+
+        async def wrapped_send(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                total, duration = series.by_status.get(status) or series.add(status)
+                total.inc()
+                duration.observe(max(default_timer() - started, 0))
+            await send(message)
+
+        series.in_progress.inc()
+        try:
+            await self.app(scope, receive, wrapped_send)
+        finally:
+            series.in_progress.dec()
+
+    def _series_of(self, route: str) -> "RouteSeries":
+        series = self._series.get(route)
+        if series is None:
+            series = self._series[route] = RouteSeries(self, route)
+        return series
+
+
+class RouteSeries:
+    """BentoML's request metrics of one route, as prometheus children looked up once: BentoML
+    calls .labels() with five keyword labels four times per request (~2 % of a worker's CPU)."""
+
+    def __init__(self, metrics: RouteLabelledMetrics, route: str) -> None:
+        from bentoml._internal.context import server_context
+
+        self.metrics = metrics
+        self.names = {
+            "endpoint": route,
+            "service_name": server_context.bento_name,
+            "service_version": server_context.bento_version,
+            "runner_name": server_context.service_name,
+        }
+        stamp = {k: v for k, v in self.names.items() if k != "endpoint"}
+        skipped = route.startswith(tuple(metrics.skip_paths))
+        self.stamp = None if skipped else metrics.metrics_last_request_timestamp.labels(**stamp)
+        self.in_progress = metrics.metrics_request_in_progress.labels(**self.names)
+        self.by_status: dict[int, tuple[Any, Any]] = {}
+
+    def add(self, status: int) -> tuple[Any, Any]:
+        labels = {**self.names, "http_response_code": status}
+        children = (
+            self.metrics.metrics_request_total.labels(**labels),
+            self.metrics.metrics_request_duration.labels(**labels),
+        )
+        self.by_status[status] = children
+        return children
 
 
 async def invalid_request(request: Request, exc: Exception) -> JSONResponse:

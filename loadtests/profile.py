@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from loadtests.bench import (
     wrk,
 )
 from loadtests.cpu import Seen
-from loadtests.harness import ServerProcess, temporary_database
+from loadtests.harness import PROJECT_DIR, ServerProcess, temporary_database
 
 PY_SPY = str(Path(sys.executable).with_name("py-spy"))
 
@@ -41,6 +42,11 @@ PY_SPY = str(Path(sys.executable).with_name("py-spy"))
 # stack matches a specific rule, so `await` in the coalescer stays the coalescer's.
 SPECIFIC = [
     ("ONNX Runtime (and feeds)", r"onnxruntime/|onnx_export\.py"),
+    # The fast path (auth/fastpath.py) and the HTTP-layer patches (auth/http.py) are not auth.
+    ("access log", r"_access_line \(auth/fastpath\.py"),
+    ("fast path: body read, dispatch, response", r"\(auth/fastpath\.py"),
+    ("HTTP server (uvicorn, httptools)", r"LimitedHttpToolsProtocol"),
+    ("metrics (prometheus)", r"RouteLabel|restore \(auth/http\.py"),
     ("auth: JWT, user cache", r"\((auth/|jwt/)"),
     ("request guard (415/413)", r"(RequestGuard|count_rejections|wrapped).* \(service\.py"),
     ("coalescer", r"Coalescer\.\w+ \(service\.py"),
@@ -194,11 +200,13 @@ def record(args: argparse.Namespace, url: str, out: Path) -> None:
         **sc.env,
     }
     token = mint_token(env) if sc.auth else ""
-    server = start(sc, env, work, sample, model_tag)
     runs = []
-    try:
+    with ExitStack() as stack:
+        stack.callback(shutil.rmtree, work, ignore_errors=True)
+        servers = start(args.scenario, sc, env, work, PROJECT_DIR, sample, model_tag, stack)
+        server = servers[0]
         ray = bool(sc.ray_replicas)
-        classifier = classifier_for(server, url.rsplit("/", 1)[-1], ray=ray)
+        classifier = classifier_for(servers, url.rsplit("/", 1)[-1], ray=ray)
         wrk(server.url, sc.path, bodies, token, 16, 3)
         for clients in (int(c) for c in args.concurrency.split(",")):
             spies = []
@@ -217,9 +225,6 @@ def record(args: argparse.Namespace, url: str, out: Path) -> None:
                 spy.wait(timeout=60)
             runs.append({"scenario": args.scenario, "clients": clients, **result})
             print(f"{args.scenario} c={clients}: {result}", file=sys.stderr, flush=True)
-    finally:
-        server.stop()
-        shutil.rmtree(work, ignore_errors=True)
     (out / "runs.json").write_text(json.dumps(runs, indent=1) + "\n")
 
 
