@@ -18,7 +18,10 @@ valid request.
 """
 
 import asyncio
+import atexit
+import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from timeit import default_timer
@@ -76,6 +79,7 @@ class FastRoutes:
     max_body_bytes: int = 1 << 20
     timeout: float | None = None
     access: AccessLogFormat | None = None
+    access_writer: "BufferedAccessLog | None" = None
 
     @classmethod
     def register(
@@ -202,4 +206,104 @@ def _access_line(
         answer.append("type=application/json")
     if access.response_length:
         answer.append(f"length={len(response.body)}")
-    access_log.info("%s (%s) (%s) %.3fms", address, ",".join(request), ",".join(answer), latency)
+    line = f"{address} ({','.join(request)}) ({','.join(answer)}) {latency:.3f}ms"
+    writer = FastRoutes.access_writer
+    if writer is None:
+        writer = FastRoutes.access_writer = BufferedAccessLog(access_log)
+    writer.write(line)
+
+
+class BufferedAccessLog:
+    """The fast path's access-log lines, through the access logger's own handlers and format,
+    written in batches.
+
+    logging.info per line (a record, BentoML's filter, a strftime, a write and a flush) cost the
+    entry a quarter of its CPU per prediction: with the access log off the full service at 64
+    clients served 3,416 instead of 2,720 requests/s. Here a line is the handler's formatted text
+    for a record of the same second (formatted once per second: BentoML's format has second
+    resolution) around the message, kept until the next flush (FLUSH_SECONDS, or MAX_LINES
+    lines, or exit) and written with one write per batch, as Ray Serve's throughput mode buffers
+    its request logs. A format whose text changes within a second (milliseconds, a trace id)
+    or a handler that is not a stream falls back to logging each line.
+    """
+
+    FLUSH_SECONDS = 0.2
+    MAX_LINES = 1000
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+        self.second = -1
+        # (handler, text before the message, text after it) for the current second, or None
+        self.templates: list[tuple[logging.StreamHandler[Any], str, str]] | None = None
+        self.pending: dict[logging.Handler, list[str]] = {}
+        self.count = 0
+        self.timer: asyncio.TimerHandle | None = None
+        atexit.register(self.flush)
+
+    def write(self, message: str) -> None:
+        now = time.time()
+        if int(now) != self.second:
+            self.second = int(now)
+            self.templates = self._templates(now)
+        if self.templates is None:
+            self.logger.info("%s", message)
+            return
+        for handler, before, after in self.templates:
+            self.pending.setdefault(handler, []).append(before + message + after)
+        self.count += 1
+        if self.count >= self.MAX_LINES:
+            self.flush()
+        elif self.timer is None:
+            self.timer = asyncio.get_running_loop().call_later(self.FLUSH_SECONDS, self.flush)
+
+    def flush(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        pending, self.pending, self.count = self.pending, {}, 0
+        for handler, lines in pending.items():
+            assert isinstance(handler, logging.StreamHandler)
+            with handler.lock or contextlib.nullcontext():
+                try:
+                    handler.stream.write("".join(lines))
+                    handler.flush()
+                except Exception:  # noqa: BLE001 - as logging does: never fail the request path
+                    pass
+
+    def _templates(self, now: float) -> list[tuple[logging.StreamHandler[Any], str, str]] | None:
+        """Each handler's text around the message at this second; None to log line by line."""
+        if not self.logger.isEnabledFor(logging.INFO):
+            return []
+        if self.logger.filters:
+            return None
+        templates = []
+        for handler in _handlers(self.logger):
+            if not isinstance(handler, logging.StreamHandler) or handler.level > logging.INFO:
+                return None
+            around = set()
+            for moment in (float(int(now)), int(now) + 0.999):
+                record = self.logger.makeRecord(
+                    self.logger.name, logging.INFO, __file__, 0, "\x00", (), None
+                )
+                record.created, record.msecs = moment, (moment % 1) * 1000
+                if not handler.filter(record):
+                    return None
+                parts = handler.format(record).split("\x00")
+                if len(parts) != 2:
+                    return None
+                around.add((parts[0], parts[1] + handler.terminator))
+            if len(around) != 1:  # the text changes within a second
+                return None
+            ((before, after),) = around
+            templates.append((handler, before, after))
+        return templates
+
+
+def _handlers(logger: logging.Logger) -> list[logging.Handler]:
+    """The handlers a record of `logger` reaches, as Logger.callHandlers walks them."""
+    found: list[logging.Handler] = []
+    current: logging.Logger | None = logger
+    while current is not None:
+        found += current.handlers
+        current = current.parent if current.propagate else None
+    return found

@@ -2,13 +2,17 @@
 (with the body replayed whole to the full stack), and its timeout and failure answers."""
 
 import asyncio
+import io
 import json
+import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from bentoml._internal.log import TRACED_LOG_FORMAT
 
-from auth.fastpath import FastResponse, FastRoutes, wrap
+from auth.fastpath import BufferedAccessLog, FastResponse, FastRoutes, wrap
 
 BODY = b'{"Age": 41}'
 
@@ -157,3 +161,60 @@ def test_a_slow_handler_gets_bentomls_504_and_a_failing_one_its_500() -> None:
         assert start["status"] == 500 and "unexpected error" in json.loads(body["body"])["error"]
     finally:
         FastRoutes.clear()
+
+
+def traced_logger(name: str, fmt: str, stream: io.StringIO) -> logging.Logger:
+    """A logger set up as BentoML sets up its access log: its filter and its format."""
+    from bentoml._internal.log import DATE_FORMAT, TraceRecordFilter
+
+    logger = logging.getLogger(name)
+    logger.handlers.clear()
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter(fmt, DATE_FORMAT))
+    handler.addFilter(TraceRecordFilter())
+    logger.addHandler(handler)
+    return logger
+
+
+@pytest.mark.parametrize("fmt", [TRACED_LOG_FORMAT, "%(asctime)s.%(msecs)03d %(message)s"])
+def test_buffered_access_lines_are_what_logging_writes_line_by_line(
+    fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batched (BentoML's format, second resolution) or not (milliseconds), the text is the
+    same as logging.info's, and nothing is lost or reordered."""
+    monkeypatch.setattr(time, "time", lambda: 1_790_000_000.25)  # logging reads it too
+    ours, theirs = io.StringIO(), io.StringIO()
+    writer = BufferedAccessLog(traced_logger("test.access.ours", fmt, ours))
+    reference = traced_logger("test.access.theirs", fmt, theirs)
+    lines = [f"127.0.0.1:{i} (scheme=http) (status=200) 1.{i:03d}ms" for i in range(50)]
+
+    async def write_all() -> None:
+        for line in lines:
+            writer.write(line)
+            reference.info("%s", line)
+        if writer.templates is not None:  # batched: nothing written before the flush
+            assert ours.getvalue() == ""
+        await asyncio.sleep(BufferedAccessLog.FLUSH_SECONDS + 0.1)
+
+    asyncio.run(write_all())
+    batched = "msecs" not in fmt  # a text that changes within a second: line by line
+    assert (writer.templates is not None) == batched
+    assert ours.getvalue() == theirs.getvalue()
+    assert ours.getvalue().count("\n") == 50
+
+
+def test_a_full_buffer_is_written_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    out = io.StringIO()
+    writer = BufferedAccessLog(traced_logger("test.access.full", TRACED_LOG_FORMAT, out))
+    monkeypatch.setattr(BufferedAccessLog, "MAX_LINES", 10)
+
+    async def write(n: int) -> None:
+        for i in range(n):
+            writer.write(f"line {i}")
+
+    asyncio.run(write(25))
+    assert out.getvalue().count("\n") == 20  # two full batches; five wait for the timer
+    writer.flush()
+    assert out.getvalue().count("\n") == 25 and out.getvalue().rstrip().endswith("line 24")
