@@ -25,6 +25,7 @@ def fill(url: str, rows: int, model_tag: str, outcome_share: float, seed: int) -
     import bentoml
     import psycopg
 
+    from persistence import partitions
     from persistence.db import upgrade
     from training.data import load_reference
     from training.schema import FEATURES
@@ -47,6 +48,8 @@ def fill(url: str, rows: int, model_tag: str, outcome_share: float, seed: int) -
     inputs = sample.to_dict("records")
     ids = [uuid.uuid4() for _ in range(rows)]
     with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+        # The log's writers make the monthly partitions of the rows they write; so does this.
+        partitions.ensure(conn, {partitions.month_of(c) for c in created})
         with (
             conn.cursor() as cur,
             cur.copy(
