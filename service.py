@@ -463,13 +463,7 @@ class AttritionService:
             )
         except ServiceUnavailable:  # as BentoML answers it on the full stack
             return FastResponse(503, UNEXPECTED, SERVER_HEADER)
-        answer = Prediction(
-            request_id=request_id,
-            probability=p,
-            label=label(p, self.threshold),
-            threshold=self.threshold,
-            model_tag=MODEL_TAG,
-        )
+        answer = self._prediction(request_id, p, None)
         headers = [(b"x-request-id", request_id.encode()), *SERVER_HEADER]
         return FastResponse(200, answer.model_dump_json().encode(), headers)
 
@@ -524,13 +518,17 @@ class AttritionService:
         request_id, [p], explained = await self._infer(
             [employee], ctx, batch=False, top_k=self.top_k(ctx)
         )
+        return self._prediction(request_id, p, explained[0] if explained else None)
+
+    def _prediction(self, request_id: str, p: float, explanation: Explanation | None) -> Prediction:
+        """The answer of the single route, on either path."""
         return Prediction(
             request_id=request_id,
             probability=p,
             label=label(p, self.threshold),
             threshold=self.threshold,
             model_tag=MODEL_TAG,
-            explanation=explained[0] if explained else None,
+            explanation=explanation,
         )
 
     @bentoml.api(route="/predict/attrition/batch")

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from timeit import default_timer
 from typing import Any
 
-from auth.guard import JSON, REJECTION_REASONS, media_type
+from auth.guard import JSON, REJECTION_REASONS, plain_json_body
 from persistence.metrics import fast_path_counter, rejected_counter
 
 log = logging.getLogger("attrition.fastpath")
@@ -103,7 +103,11 @@ def wrap(app: Any) -> Any:
             if scope["type"] == "http" and scope["method"] == "POST"
             else None
         )
-        if handler is None or scope.get("query_string") or not _ordinary(scope["headers"]):
+        if (
+            handler is None
+            or scope.get("query_string")
+            or not plain_json_body(scope["headers"], FastRoutes.max_body_bytes)
+        ):
             await app(scope, receive, send)
             return
         started = default_timer()
@@ -131,27 +135,6 @@ def wrap(app: Any) -> Any:
         await _send(scope, send, response, started)
 
     return dispatch
-
-
-def _ordinary(headers: list[tuple[bytes, bytes]]) -> bool:
-    """One JSON Content-Type and a Content-Length within the limit, as RequestGuard admits."""
-    ctype = length = None
-    for key, value in headers:
-        if key == b"content-type":
-            if ctype is not None:
-                return False
-            ctype = value
-        elif key == b"content-length":
-            if length is not None:
-                return False
-            length = value
-    return (
-        ctype is not None
-        and (ctype == JSON or media_type(ctype) == JSON)
-        and length is not None
-        and length.isdigit()
-        and int(length) <= FastRoutes.max_body_bytes
-    )
 
 
 async def _answer(handler: Handler, scope: Any, body: bytes) -> FastResponse | None:

@@ -34,6 +34,30 @@ def media_type(value: bytes) -> bytes:
     return value.split(b";")[0].strip().lower()
 
 
+def body_headers(headers: list[tuple[bytes, bytes]]) -> tuple[list[bytes], list[bytes]]:
+    """The Content-Type and the Content-Length values of a request, in one pass."""
+    types, lengths = [], []
+    for key, value in headers:
+        if key == b"content-type":
+            types.append(value)
+        elif key == b"content-length":
+            lengths.append(value)
+    return types, lengths
+
+
+def plain_json_body(headers: list[tuple[bytes, bytes]], max_bytes: int) -> bool:
+    """One JSON Content-Type and one Content-Length within max_bytes: a body RequestGuard admits
+    without reading it (the fast path takes only these)."""
+    types, lengths = body_headers(headers)
+    return (
+        len(types) == 1
+        and (types[0] == JSON or media_type(types[0]) == JSON)
+        and len(lengths) == 1
+        and lengths[0].isdigit()
+        and int(lengths[0]) <= max_bytes
+    )
+
+
 class RequestGuard:
     """415 for non-JSON prediction bodies, 400 for two Content-Type headers, 413 for bodies over
     max_bytes."""
@@ -46,10 +70,9 @@ class RequestGuard:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD"):
             await self.app(scope, receive, send)
             return
-        prediction = scope["path"].startswith("/predict")
-        if prediction:
+        types, lengths = body_headers(scope["headers"])
+        if scope["path"].startswith("/predict"):
             send = count_rejections(send)
-            types = [v for k, v in scope["headers"] if k == b"content-type"]
             if len(types) > 1:
                 msg = "more than one Content-Type header"
                 body = error_body("invalid request", ["header", "Content-Type"], msg, "duplicate")
@@ -62,7 +85,7 @@ class RequestGuard:
                 body = error_body("unsupported media type", ["header"], msg, "media_type")
                 await send_json(send, 415, body)
                 return
-        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        length = lengths[0] if lengths else None
         if length is not None and length.isdigit():
             if int(length) > self.max_bytes:
                 await self._refuse(send, int(length))
