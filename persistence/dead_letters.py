@@ -181,8 +181,9 @@ class DeadLetters:
         return self.local_count() + self._stored
 
     def move(self) -> int:
-        """Move the file's entries into the table; return how many went in (entries an erasure
-        covers are dropped and counted on it). Raises when the database cannot be written."""
+        """Move the file's entries into the table (ids already there are left as they are);
+        return how many were handed over. Entries an erasure covers are dropped and counted on
+        it. Raises when the database cannot be written."""
         engine = self.tombstones.engine if self.tombstones else None
         if engine is None or self.local_count() == 0 or self._moved == self._counted:
             return 0  # nothing, or only lines that are no dead letters, unchanged since
