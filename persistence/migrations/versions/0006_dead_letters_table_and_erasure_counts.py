@@ -3,7 +3,9 @@
 Dead letters move from each instance's data folder into the `dead_letters` table (the writers
 move what their files hold when they next reach the database), so an erasure run anywhere
 reaches them. Erasures and prunes now delete the outcomes of the predictions they delete; the
-outcomes that earlier runs left behind without their prediction are deleted here.
+outcomes that earlier runs left behind without their prediction are deleted here, and stored
+monitoring summaries lose what could be one person's values (groups under 10 rows, logged
+minimums and maximums, group error rates).
 
 Revision ID: 0006
 Revises: 0005
@@ -12,8 +14,11 @@ Create Date: 2027-01-15 10:00:00
 
 from collections.abc import Sequence
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import postgresql
 
 import persistence.types
 
@@ -23,6 +28,8 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 COUNTS = ("outcomes", "recorded_by_erased", "late_copies")
+# Stored monitoring summaries keep no statistic over fewer rows than this (monitoring/privacy.py).
+MIN_GROUP_SIZE = 10
 
 
 def upgrade() -> None:
@@ -57,6 +64,45 @@ def upgrade() -> None:
         "DELETE FROM outcomes WHERE NOT EXISTS"
         " (SELECT 1 FROM inferences i WHERE i.id = outcomes.inference_id)"
     )
+    reports = sa.table(
+        "monitoring_reports",
+        sa.column("id", sa.Uuid()),
+        sa.column("summary", sa.JSON().with_variant(postgresql.JSONB(), "postgresql")),
+    )
+    bind = op.get_bind()
+    for report_id, summary in bind.execute(sa.select(reports.c.id, reports.c.summary)).all():
+        bind.execute(
+            reports.update().where(reports.c.id == report_id).values(summary=redact(summary))
+        )
+
+
+def redact(summary: dict[str, Any]) -> dict[str, Any]:
+    """A summary stored before small groups were suppressed, with what could be one person's
+    values taken out (what is needed to recompute them properly is not stored)."""
+    k = MIN_GROUP_SIZE
+    fairness = summary.get("fairness") or {}
+    hidden = {g["attribute"] for g in fairness.get("groups", []) if (g.get("n") or 0) < k}
+    for g in fairness.get("groups", []):
+        if (g.get("n") or 0) < k:
+            g.update(n=None, selection_rate=None, mean_risk=None, suppressed=True)
+        if g["attribute"] in hidden:  # a ratio against a hidden group gives its rate away
+            g.update(ratio=None, flagged=False)
+    if fairness:
+        ratios = [g["ratio"] for g in fairness.get("groups", []) if g.get("ratio") is not None]
+        fairness["lowest_ratio"] = min(ratios, default=None)
+        fairness["flagged"] = [f"{g['attribute']}={g['group']}" for g in fairness["groups"]
+                               if g.get("flagged")]  # fmt: skip
+    quality = summary.get("quality") or {}
+    for r in quality.get("ranges", []):
+        r["current"] = "removed: stored before values of fewer than 10 rows were suppressed"
+        if quality.get("rows", 0) < k:
+            r["share_outside"] = None
+    for g in (summary.get("performance") or {}).get("groups", []):
+        g.update(true_positive_rate=None, false_positive_rate=None)  # per-class counts unknown
+        if (g.get("n") or 0) < k:
+            g.update(n=None, suppressed=True)
+    summary["min_group_size"] = k
+    return summary
 
 
 def downgrade() -> None:
