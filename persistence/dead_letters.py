@@ -155,7 +155,7 @@ class DeadLetters:
             text = self.path.read_text()
         except FileNotFoundError:
             return []
-        return readable(text.splitlines())[0]
+        return readable(text.splitlines())
 
     def load(self) -> list[DeadLetter]:
         """Every dead letter this folder knows of: the file's, then the table's."""
@@ -187,28 +187,34 @@ class DeadLetters:
         engine = self.tombstones.engine if self.tombstones else None
         if engine is None or self.local_count() == 0 or self._moved == self._counted:
             return 0  # nothing, or only lines that are no dead letters, unchanged since
-        # The file stays locked until the table has its entries: one mover at a time, and an
-        # appender waits (only records refused on the request path append, rarely).
+        # The file is not locked while the database works (an erasure may hold it off): a
+        # request appending a dead letter must not wait for that. Two movers may hand the same
+        # entries over: ids make that harmless, and tombstones an erasure in between.
+        with self._locked(os.O_RDONLY) as fd, open(os.dup(fd), closefd=True) as f:
+            entries = readable(f.read().splitlines())
         moved = 0
+        if entries:
+            with transaction(engine, exclusive=False) as conn:
+                erased = covering(conn, [e.keys() for e in entries])
+                keep = [e.row() for e, by in zip(entries, erased, strict=True) if by is None]
+                count_late(conn, Counter(by for by in erased if by is not None))
+                insert_ignoring(conn, keep)
+            moved = len(keep)
+        done = {e.id for e in entries}
         with self._locked(os.O_RDWR) as fd:
             with open(os.dup(fd), closefd=True) as f:
-                entries, unreadable = readable(f.read().splitlines())
-            if entries:
-                with transaction(engine, exclusive=False) as conn:
-                    erased = covering(conn, [e.keys() for e in entries])
-                    keep = [e.row() for e, by in zip(entries, erased, strict=True) if by is None]
-                    count_late(conn, Counter(by for by in erased if by is not None))
-                    insert_ignoring(conn, keep)
-                moved = len(keep)
+                lines = f.read().splitlines()
+            left = [line for line in lines if line.strip() and _id(line) not in done]
+            unreadable = sum(_id(line) is None for line in left)
+            if unreadable:  # kept for a person to look at
+                log.error("%s holds lines that are no dead letters; left there", self.path)
             os.ftruncate(fd, 0)
-            if unreadable:  # kept for a person to look at, never dropped
-                log.error("%d lines of %s are not dead letters; left there", len(unreadable),
-                          self.path)  # fmt: skip
-                os.pwrite(fd, "".join(line + "\n" for line in unreadable).encode(), 0)
+            os.pwrite(fd, "".join(line + "\n" for line in left).encode(), 0)
             if self.fsync:
                 os.fsync(fd)
         self.local_count()
-        self._moved = self._counted
+        # Only lines that are no dead letters left: not worth reading again until it changes.
+        self._moved = self._counted if len(left) == unreadable else None
         self._stored_at = float("-inf")  # recount at the next sync
         return moved
 
@@ -230,17 +236,17 @@ class DeadLetters:
             self._failing = True
 
 
-def readable(lines: list[str]) -> tuple[list[DeadLetter], list[str]]:
-    """The dead letters among a file's lines, and the lines that are none (torn by a crash)."""
-    entries, unreadable = [], []
-    for line in lines:
-        if not line.strip():
-            continue
-        try:
-            entries.append(DeadLetter.from_json(line))
-        except (ValueError, KeyError, TypeError):
-            unreadable.append(line)
-    return entries, unreadable
+def _id(line: str) -> uuid.UUID | None:
+    """The id of a file's line, or None for a line that is no dead letter (torn by a crash)."""
+    try:
+        return DeadLetter.from_json(line).id
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def readable(lines: list[str]) -> list[DeadLetter]:
+    """The dead letters among a file's lines."""
+    return [DeadLetter.from_json(line) for line in lines if line.strip() and _id(line)]
 
 
 def insert_ignoring(conn: Connection, rows: list[dict[str, Any]]) -> None:
