@@ -82,3 +82,25 @@ def test_downgrade_refuses_to_drop_dead_letters(url: str, letters: DeadLetters) 
     command.downgrade(alembic_config(url), "0005")
     command.upgrade(alembic_config(url), "head")
     assert stored(engine=engine) == []
+
+
+def test_an_entry_appended_while_the_database_works_stays_for_the_next_move(
+    letters: DeadLetters, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import persistence.dead_letters as dl
+
+    letters.add(COLUMNS, refused(record(1, subject="a\x00")))
+    insert = dl.insert_ignoring
+
+    def while_inserting(conn, rows):  # type: ignore[no-untyped-def]
+        letters.add(COLUMNS, refused(record(2, subject="b\x00")))  # the file is not locked
+        insert(conn, rows)
+
+    monkeypatch.setattr(dl, "insert_ignoring", while_inserting)
+    assert letters.move() == 1
+    assert [e.values()["subject"] for e in letters.local()] == ["b\x00"]
+    monkeypatch.setattr(dl, "insert_ignoring", insert)
+    assert letters.move() == 1 and letters.local() == []
+    engine = letters.tombstones.engine  # type: ignore[union-attr]
+    assert engine is not None
+    assert sorted(e.values()["subject"] or "" for e in stored(engine=engine)) == ["a\x00", "b\x00"]
