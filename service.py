@@ -47,7 +47,7 @@ from training.explain import (
 )
 from training.onnx_export import feeds_from_matrix
 from training.onnx_export import session as onnx_session
-from training.schema import FEATURES, Employee, feature_matrix
+from training.schema import FEATURES, Employee, EmployeeInput, feature_matrix
 from training.whatif import (
     Answer,
     ScenarioResult,
@@ -150,20 +150,6 @@ class Prediction(BaseModel):
     model_tag: str = Field(description="Model that made the prediction.")
     explanation: Explanation | None = Field(
         default=None, description="Risk drivers; only with ?explain=true."
-    )
-
-
-class EmployeeInput(Employee):
-    """An employee to score: the model's features, and optionally your reference for them."""
-
-    employee_ref: str | None = Field(
-        None,
-        min_length=1,
-        max_length=64,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$",
-        description="Your reference for this employee (an HR system id, not a name): stored with "
-        "the prediction so its records can be found and erased; never sent to the model.",
-        examples=["E-000123"],
     )
 
 

@@ -10,6 +10,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from monitoring.fairness import DEFAULT_ADVERSE
+from monitoring.privacy import MIN_GROUP_SIZE
+
 DEFAULT_DAYS = 7
 
 
@@ -25,7 +28,7 @@ def when(text: str) -> datetime:
 def positive(text: str) -> int:
     value = int(text)
     if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a whole number of days >= 1")
+        raise argparse.ArgumentTypeError(f"{text} is not a whole number >= 1")
     return value
 
 
@@ -54,6 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--no-store", action="store_true", help="do not store the summary in the database"
     )
+    run.add_argument("--min-group-size", type=positive, default=MIN_GROUP_SIZE, metavar="K",
+                     help="suppress every statistic over fewer than K rows, in the stored summary "
+                     f"and the files (default {MIN_GROUP_SIZE})")  # fmt: skip
+    run.add_argument("--adverse-outcome", choices=["Yes", "No"], default=DEFAULT_ADVERSE,
+                     help="the label the four-fifths rule treats as adverse (default "
+                     f"{DEFAULT_ADVERSE}: a Yes brings a retention conversation); both directions "
+                     "are reported either way")  # fmt: skip
     args = parser.parse_args(argv)
     if args.days is not None and (args.since or args.until):
         parser.error("--days replaces --since and --until")
@@ -87,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             engine=engine, since=since, until=until, model_tag=reference.model_tag
         )
         read_seconds = time.perf_counter() - started
-        report = build(log=log, outcomes=outcomes, reference=reference, since=since, until=until)
+        report = build(log=log, outcomes=outcomes, reference=reference, since=since, until=until,
+                       min_group_size=args.min_group_size, adverse=args.adverse_outcome)  # fmt: skip
         summary = report.summary()
         summary["seconds_read"] = round(read_seconds, 2)
         args.out.mkdir(parents=True, exist_ok=True)
@@ -107,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{summary['rows']} rows of {reference.model_tag} from {since.isoformat()} until "
         f"{until.isoformat()}: {len(drift['drifted_features'])} drifted features "
-        f"({', '.join(drift['drifted_features']) or 'none'}), lowest selection ratio "
-        f"{summary['fairness']['lowest_ratio']}, {summary['performance']['n_outcomes']} outcomes; "
+        f"({', '.join(drift['drifted_features']) or 'none'}), lowest four-fifths ratio "
+        f"{summary['fairness']['lowest_ratio']} (shares labelled "
+        f"{summary['fairness']['compared_rate']}), {summary['performance']['n_outcomes']} outcomes; "
         f"{summary['seconds_total']} s\n{html_path}\n{json_path}"
     )
     return 0

@@ -115,14 +115,16 @@ def drift(
     numeric: tuple[str, ...],
     categorical: tuple[str, ...],
     alpha: float = ALPHA,
+    min_group_size: int = MIN_ROWS,
 ) -> DriftResult:
     """Per-feature drift of `current` against `reference` (both with the feature columns and
-    a `probability` column)."""
+    a `probability` column); nothing on fewer than MIN_ROWS or min_group_size rows."""
     features = [*numeric, *categorical]
     corrected = alpha / len(features)
-    if len(current) < MIN_ROWS:
+    least = max(MIN_ROWS, min_group_size)
+    if len(current) < least:
         return DriftResult([], None, len(reference), len(current), alpha, corrected, PSI_THRESHOLD,
-                           f"fewer than {MIN_ROWS} logged rows: no drift test run")  # fmt: skip
+                           f"fewer than {least} logged rows: no drift test run")  # fmt: skip
     results = [numeric_drift(f, reference[f], current[f], corrected) for f in numeric]
     results += [categorical_drift(f, reference[f], current[f], corrected) for f in categorical]
     order = {f: i for i, f in enumerate(reference.columns)}

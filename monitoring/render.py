@@ -5,10 +5,13 @@ import html
 import numpy as np
 import pandas as pd
 
+from monitoring.fairness import FOUR_FIFTHS, GroupRate
 from monitoring.report import Report
 from training.html import Markup, figure, page, pyplot, table
 
 PLOTTED_FEATURES = 6  # the features with the largest PSI get a distribution plot
+FAIRNESS_COLUMNS = ["attribute", "group", "rows", "share Yes", "mean risk", "ratio of Yes shares",
+                    "ratio of No shares"]  # fmt: skip
 
 
 def flag(bad: bool, text: str) -> Markup:
@@ -31,16 +34,20 @@ def distribution_plots(report: Report, current: pd.DataFrame) -> str:
     ranked = sorted(report.drift.features, key=lambda f: -(f.psi or 0))[:PLOTTED_FEATURES]
     names = ["probability", *[f.feature for f in ranked]]
     fig, axes = plt.subplots(2, 4, figsize=(16, 7))
+    k = report.min_group_size
     for ax, name in zip(axes.ravel(), names, strict=False):
         if ref[name].dtype.kind in "if":
             bins = np.histogram_bin_edges(
                 np.concatenate([ref[name], current[name]]).astype(float), 20
             )
             ax.hist(ref[name], bins=bins, density=True, alpha=0.5, label="training")
-            ax.hist(current[name], bins=bins, density=True, alpha=0.5, label="logged")
+            counts, _ = np.histogram(current[name].astype(float), bins)
+            shown = np.where(counts >= k, counts, 0) / (len(current) * np.diff(bins))
+            ax.stairs(shown, bins, fill=True, alpha=0.5, label=f"logged (bins of {k}+ rows)")
         else:
+            logged = current[name].value_counts()
             shares = pd.DataFrame({"training": ref[name].value_counts(normalize=True),
-                                   "logged": current[name].value_counts(normalize=True)}).fillna(0)  # fmt: skip
+                                   "logged": logged.where(logged >= k, 0) / len(current)}).fillna(0)  # fmt: skip
             shares.plot.bar(ax=ax, rot=45, legend=False)
         ax.set_title(name, fontsize=10)
     axes.ravel()[0].legend(fontsize=8)
@@ -79,13 +86,16 @@ def quality_section(report: Report) -> str:
         ax.set(title="Logged predictions per day (UTC)", ylabel="rows")
         ax.tick_params(axis="x", rotation=45)
         plot = figure(fig, "rows per day")
-    outside = [[r.feature, r.training, r.current, flag(r.share_outside > 0, f"{r.share_outside:.2%}")]
-               for r in q.ranges]  # fmt: skip
+    outside = [[r.feature, r.training, r.current, "-" if r.share_outside is None
+                else flag(r.share_outside > 0, f"{r.share_outside:.2%}")] for r in q.ranges]  # fmt: skip
     routes = ", ".join(f"{html.escape(k)}: {v}" for k, v in q.routes.items())
     return (
         f"<h2>Data quality</h2><p>{q.rows} rows; {q.batch_share:.1%} from batch requests, "
         f"{1 - q.batch_share if q.rows else 0:.1%} single ({routes}); "
         f"{report.excluded_what_if} what-if rows left out of every section.</p>{plot}"
+        + f"<p>Logged ranges run from the k-th lowest to the k-th highest value, and a new "
+        f"category is named and a share given only over at least k rows (k = "
+        f"{q.min_group_size}): no single row's value is shown.</p>"
         + table(["feature", "training", "logged", "rows outside training values"], outside)
     )
 
@@ -95,25 +105,45 @@ def fairness_section(report: Report) -> str:
     f = report.fairness
     if not f.groups:
         return "<h2>Fairness</h2><p>No logged predictions.</p>"
+    compared = f.favourable
     attributes = list(dict.fromkeys(g.attribute for g in f.groups))
     fig, axes = plt.subplots(1, len(attributes), figsize=(5 * len(attributes), 3.5))
     for ax, attribute in zip(np.atleast_1d(axes), attributes, strict=True):
-        gs = [g for g in f.groups if g.attribute == attribute]
-        ax.bar([g.group for g in gs], [g.selection_rate for g in gs],
-               color=["C3" if g.flagged else "C0" for g in gs])  # fmt: skip
-        top = max(g.selection_rate for g in gs)
-        ax.axhline(0.8 * top, color="k", ls="--", lw=1, label="4/5 of the highest")
-        ax.set(title=f"Selection rate by {attribute}", ylabel="share labelled Yes")
-        ax.legend(fontsize=8)
+        gs = [g for g in f.groups if g.attribute == attribute and not g.suppressed]
+        rates = [_rate(g, compared) for g in gs]
+        ax.bar([g.group for g in gs], rates, color=["C3" if g.flagged else "C0" for g in gs])
+        if rates:
+            ax.axhline(0.8 * max(rates), color="k", ls="--", lw=1, label="4/5 of the highest")
+            ax.legend(fontsize=8)
+        ax.set(title=f"Share labelled {compared} by {attribute}", ylabel=f"share {compared}")
     fig.tight_layout()
-    rows = [[g.attribute, g.group, g.n, g.selection_rate, g.mean_risk,
-             "-" if g.ratio is None else flag(g.flagged, f"{g.ratio:.3f}")] for g in f.groups]  # fmt: skip
+    suppressed = f"fewer than {f.min_group_size} rows: suppressed"
+    rows = [
+        [g.attribute, g.group, suppressed, "-", "-", "-", "-"]
+        if g.suppressed
+        else [g.attribute, g.group, g.n, _fmt(g.selection_rate), _fmt(g.mean_risk),
+              _ratio(g.yes_ratio, compared == "Yes"), _ratio(g.no_ratio, compared == "No")]
+        for g in f.groups
+    ]  # fmt: skip
     return (
-        f"<h2>Fairness</h2><p>Lowest ratio of a group's selection rate to the most-selected "
-        f"group's: {_fmt(f.lowest_ratio)}; under 0.8 is flagged (four-fifths rule).</p>"
-        + table(["attribute", "group", "rows", "selection rate", "mean risk", "ratio"], rows)
-        + figure(fig, "selection rate by group")
+        f"<h2>Fairness</h2><p>{html.escape(f.rule())} Lowest ratio by the rule: "
+        f"{_fmt(f.lowest_ratio)} (of the {f.adverse!r} shares: "
+        f"{_fmt(f.lowest(f.adverse))}).</p>"
+        + table(FAIRNESS_COLUMNS, rows)
+        + figure(fig, f"share labelled {compared} by group")
     )
+
+
+def _rate(g: GroupRate, label: str) -> float:
+    rate = g.selection_rate or 0.0
+    return rate if label == "Yes" else 1 - rate
+
+
+def _ratio(ratio: float | None, the_rules: bool) -> str | Markup:
+    if ratio is None:
+        return "-"
+    bad = ratio < FOUR_FIFTHS
+    return flag(bad, f"{ratio:.3f}" + (" (rule)" if the_rules and bad else ""))
 
 
 def performance_section(report: Report) -> str:
@@ -128,7 +158,8 @@ def performance_section(report: Report) -> str:
     ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect")
     ax.set(xlabel="predicted probability", ylabel="observed rate of leaving", title="Calibration")
     ax.legend(fontsize=8)
-    rows = [[g.attribute, g.group, g.n, _fmt(g.true_positive_rate), _fmt(g.false_positive_rate)]
+    rows = [[g.attribute, g.group, f"fewer than {p.min_group_size}: suppressed" if g.suppressed
+             else g.n, _fmt(g.true_positive_rate), _fmt(g.false_positive_rate)]
             for g in p.groups]  # fmt: skip
     return (
         head

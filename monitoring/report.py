@@ -8,8 +8,9 @@ from typing import Any
 import pandas as pd
 
 from monitoring.drift import DriftResult, drift
-from monitoring.fairness import FairnessResult, fairness
+from monitoring.fairness import DEFAULT_ADVERSE, FairnessResult, Label, fairness
 from monitoring.performance import PerformanceResult, performance
+from monitoring.privacy import MIN_GROUP_SIZE
 from monitoring.quality import QualityResult, quality
 from training.schema import CATEGORICAL, FEATURES, NUMERIC
 
@@ -39,6 +40,7 @@ class Report:
     fairness: FairnessResult
     performance: PerformanceResult
     seconds: float = 0.0
+    min_group_size: int = MIN_GROUP_SIZE
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -48,6 +50,7 @@ class Report:
             "rows": self.quality.rows,
             "excluded_what_if_rows": self.excluded_what_if,
             "reference": {"rows": len(self.reference.frame), "sha256": self.reference.sha256},
+            "min_group_size": self.min_group_size,
             "drift": self.drift.summary(),
             "quality": self.quality.summary(),
             "fairness": self.fairness.summary(),
@@ -77,21 +80,30 @@ def build(
     reference: Reference,
     since: datetime,
     until: datetime,
+    min_group_size: int = MIN_GROUP_SIZE,
+    adverse: Label = DEFAULT_ADVERSE,
 ) -> Report:
-    """All sections on `log` (read_log's frame); pure apart from the clock."""
+    """All sections on `log` (read_log's frame); pure apart from the clock. No statistic is
+    over fewer than min_group_size rows (monitoring/privacy.py)."""
     started = time.perf_counter()
     what_if = log["route"] == WHAT_IF_ROUTE
     scored = log[~what_if]
+    k = min_group_size
     report = Report(
         model_tag=reference.model_tag,
         since=since,
         until=until,
         reference=reference,
         excluded_what_if=int(what_if.sum()),
-        drift=drift(reference.frame, scored, numeric=NUMERIC, categorical=CATEGORICAL),
-        quality=quality(reference.frame, scored, numeric=NUMERIC, categorical=CATEGORICAL),
-        fairness=fairness(scored),
-        performance=performance(scored, outcomes),
+        drift=drift(
+            reference.frame, scored, numeric=NUMERIC, categorical=CATEGORICAL, min_group_size=k
+        ),
+        quality=quality(
+            reference.frame, scored, numeric=NUMERIC, categorical=CATEGORICAL, min_group_size=k
+        ),
+        fairness=fairness(scored, adverse=adverse, min_group_size=k),
+        performance=performance(scored, outcomes, min_group_size=k),
+        min_group_size=k,
     )
     report.seconds = time.perf_counter() - started
     return report

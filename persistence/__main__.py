@@ -8,35 +8,55 @@
   dead-letters list | retry                 show, or write again, the records the database refused
 
 prune and erase take --by (who asks; default: this OS user), --reason (e.g. a ticket number)
-and --dry-run (count only).
+and --dry-run (count only). Outcomes and dead letters of the deleted predictions go with them.
+Every command first moves the dead letters of this ATTRITION_DATA_DIR into the database.
 """
 
 import argparse
 import getpass
 import sys
-from collections import defaultdict
 from typing import Any
 
 from persistence.db import current_revision, make_engine, upgrade
 from persistence.dead_letters import DeadLetters
 from persistence.inference_log import directory
+from persistence.retention import Tombstones
 from settings import Settings, get_settings
 
 
-def dead_letters(settings: Settings) -> DeadLetters:
-    return DeadLetters(directory(settings.data_dir) / "dead-letters.jsonl")
+def dead_letters(settings: Settings, engine: Any) -> DeadLetters:
+    """This data folder's dead letters, moved into the database (a note if they cannot be)."""
+    letters = DeadLetters(
+        directory(settings.data_dir) / "dead-letters.jsonl", tombstones=Tombstones(engine=engine)
+    )
+    try:
+        letters.move()
+    except OSError as exc:
+        print(f"note: cannot read {letters.path}: {exc}")
+    return letters
 
 
-def backlog_warning(settings: Settings) -> str | None:
+def not_in_database(settings: Settings, letters: DeadLetters) -> list[str]:
+    """What this folder holds that the database does not have yet."""
     from persistence.wal import waiting_records
 
+    notes = []
     waiting = waiting_records(directory(settings.data_dir) / "wal")
-    if not waiting:
-        return None
-    return (
-        f"note: {waiting} records in {directory(settings.data_dir)}/wal are not in the database"
-        " yet; run again once /health shows no backlog to cover them too"
-    )
+    if waiting:
+        notes.append(f"{waiting} records in {directory(settings.data_dir)}/wal")
+    if letters.local_count():
+        notes.append(f"{letters.local_count()} dead letters in {letters.path}")
+    return notes
+
+
+ERASE_CAVEAT = (
+    "note: this command reaches the database and this ATTRITION_DATA_DIR only. Records of other\n"
+    "instances not yet in the database (write-ahead backlogs of an instance that could not reach\n"
+    "it, dead letters it could not move) arrive later: replays of stopped workers' files and dead\n"
+    "letters moved or retried are checked against this erasure and removed on arrival (see\n"
+    "late_copies in `erasures`); a running worker's own backlog is written as it is, so run\n"
+    "erase again once every instance's /health shows no backlog."
+)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -86,11 +106,13 @@ def run_prune(args: argparse.Namespace, settings: Settings, engine: Any) -> int:
         print("no retention: ATTRITION_LOG_RETENTION_DAYS is unset and no --days given")
         return 0
     before = cutoff(days)
-    out = prune(engine=engine, dead_letters=dead_letters(settings), before=before,
-                requested_by=args.by, reason=args.reason, dry_run=args.dry_run)  # fmt: skip
+    dead_letters(settings, engine)
+    out = prune(engine=engine, before=before, requested_by=args.by, reason=args.reason,
+                dry_run=args.dry_run)  # fmt: skip
     verb = "would delete" if args.dry_run else "deleted"
     print(f"{verb} {out.rows} predictions created before {before.isoformat()}"
-          f" ({len(out.dropped)} monthly partitions dropped whole) and {out.dead_letters} dead letters")  # fmt: skip
+          f" ({len(out.dropped)} monthly partitions dropped whole), {out.outcomes} outcomes"
+          f" and {out.dead_letters} dead letters")  # fmt: skip
     return 0
 
 
@@ -99,12 +121,22 @@ def run_erase(args: argparse.Namespace, settings: Settings, engine: Any) -> int:
 
     kind: ErasureKind = "subject" if args.subject is not None else "employee_ref"
     value = args.subject if args.subject is not None else args.employee_ref
-    out = erase(engine=engine, dead_letters=dead_letters(settings), kind=kind, value=value,
-                requested_by=args.by, reason=args.reason, dry_run=args.dry_run)  # fmt: skip
+    if not value:
+        print(f"error: an empty {kind} names nobody", file=sys.stderr)
+        return 2
+    letters = dead_letters(settings, engine)
+    out = erase(engine=engine, kind=kind, value=value, requested_by=args.by, reason=args.reason,
+                dry_run=args.dry_run)  # fmt: skip
     verb = "would delete" if args.dry_run else "deleted"
-    print(f"{verb} {out.rows} predictions and {out.dead_letters} dead letters with that {kind}")
-    if note := backlog_warning(settings):
-        print(note)
+    print(f"{verb} {out.rows} predictions, {out.outcomes} outcomes and {out.dead_letters}"
+          f" dead letters with that {kind}")  # fmt: skip
+    if out.recorded_by_erased:
+        verb = "would replace" if args.dry_run else "replaced"
+        print(f"{verb} the subject's name on {out.recorded_by_erased} outcomes it recorded"
+              " for other subjects' predictions")  # fmt: skip
+    for note in not_in_database(settings, letters):
+        print(f"note: {note} are not in the database yet: run erase again once they are")
+    print(ERASE_CAVEAT)
     return 0
 
 
@@ -118,50 +150,36 @@ def run_erasures(args: argparse.Namespace, settings: Settings, engine: Any) -> i
             else f"{e.filter_kind} sha256={e.filter_sha256}"
         )
         print(f"{e.at.isoformat()}  by={e.requested_by}  {what}  rows={e.rows}"
-              f"  dead_letters={e.dead_letters}  reason={e.reason or '-'}")  # fmt: skip
+              f"  outcomes={e.outcomes}  recorded_by_erased={e.recorded_by_erased}"
+              f"  dead_letters={e.dead_letters}  late_copies={e.late_copies}"
+              f"  reason={e.reason or '-'}")  # fmt: skip
     return 0
 
 
 def run_dead_letters(args: argparse.Namespace, settings: Settings, engine: Any) -> int:
-    letters = dead_letters(settings)
+    from persistence.dead_letters import retry, stored
+
+    letters = dead_letters(settings, engine)
+    unmoved = letters.local_count()
+    notes = [f"{unmoved} dead letters in {letters.path}"] if unmoved else []
     if args.action == "list":
-        for entry in letters.load():
+        found = stored(engine=engine)
+        for entry in found:
             v = entry.values()
             print(f"{v.get('id')}  created_at={v.get('created_at')}  subject={v.get('subject')!r}"
-                  f"  refused at {entry.at}: {entry.error}")  # fmt: skip
-        print(f"{letters.count()} dead letters in {letters.path}")
+                  f"  refused at {entry.at.isoformat()}: {entry.error}")  # fmt: skip
+        print(f"{len(found)} dead letters in the database")
+        for note in notes:
+            print(f"note: {note} could not be moved into the database")
         return 0
-    return retry(letters, settings)
-
-
-def retry(letters: DeadLetters, settings: Settings) -> int:
-    """Write the dead letters again (insert-or-ignore); keep the ones still refused."""
-    from persistence.sinks import make_sink, write_isolating
-
-    by_columns: dict[tuple[str, ...], list[str]] = defaultdict(list)
-    for entry in letters.load():  # the database work happens outside the file's lock
-        by_columns[entry.columns].append(entry.line)
-    sink = make_sink(settings.sqlalchemy_url)
-    refused: dict[tuple[tuple[str, ...], str], str] = {}
-    tried: set[tuple[tuple[str, ...], str]] = set()
-    try:
-        for columns, lines in by_columns.items():
-            data = "".join(line + "\n" for line in lines).encode("utf-8", "surrogateescape")
-            for line, error in write_isolating(sink, columns, data):
-                refused[(columns, line)] = error
-            tried.update((columns, line) for line in lines)
-    finally:
-        sink.close()
-    with letters.editing() as entries:
-        # Entries added meanwhile were not tried: they stay, like the refused ones.
-        entries[:] = [
-            e for e in entries if (e.columns, e.line) not in tried or (e.columns, e.line) in refused
-        ]
-    written = len(tried) - len(refused)
-    print(f"{written} dead letters written, {len(refused)} still refused")
-    for (_, line), error in list(refused.items())[:20]:
-        print(f"  {line.split(chr(9), 1)[0]}: {error}")
-    return 0 if not refused else 1
+    out = retry(engine=engine)
+    print(f"{out.written} dead letters written, {len(out.refused)} still refused"
+          + (f", {out.erased} deleted as their person was erased" if out.erased else ""))  # fmt: skip
+    for letter, error in out.refused[:20]:
+        print(f"  {letter.values().get('id')}: {error}")
+    for note in notes:
+        print(f"note: {note} could not be moved into the database")
+    return 0 if not out.refused and not notes else 1
 
 
 COMMANDS = {

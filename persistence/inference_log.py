@@ -2,7 +2,7 @@
 the answer is sent; a background writer thread copies them into the database and deletes what
 the database has. The file is also the outage buffer: while the database is away the records
 simply stay in it, and any worker replays the files of a dead one (idempotently: the record id
-is the key). Rows the database refuses are isolated into the dead-letter file.
+is the key). Rows the database refuses are isolated as dead letters (persistence/dead_letters.py).
 """
 
 import fcntl
@@ -17,6 +17,7 @@ import anyio
 
 from persistence import copytext, wal
 from persistence.dead_letters import DeadLetters
+from persistence.retention import Tombstones
 from persistence.sinks import Sink, write_isolating
 from persistence.wal import LogUnavailable, WriteAheadLog
 
@@ -149,10 +150,16 @@ class InferenceLog:
         fsync: bool = False,
         legacy_spool: Path | None = None,
         metrics: Metrics | None = None,
+        database_url: str | None = None,
     ) -> None:
         self.sink = sink
         self.wal = WriteAheadLog(directory / "wal", COLUMNS, fsync=fsync)
-        self.dead_letters = DeadLetters(directory / "dead-letters.jsonl", fsync=fsync)
+        # With a database_url, dead letters move from the file into the database's table, and
+        # replays drop what an erasure made after their records covers.
+        self.tombstones = Tombstones(database_url)
+        self.dead_letters = DeadLetters(
+            directory / "dead-letters.jsonl", fsync=fsync, tombstones=self.tombstones
+        )
         self.fsync = fsync
         self.batch_bytes = batch_bytes
         self.flush_interval = flush_interval
@@ -240,12 +247,14 @@ class InferenceLog:
                 backlog=self.wal.backlog_records(), dead_letters=self.dead_letters.count()
             )
         self.healthy = True
+        self.dead_letters.sync()
 
     def _replay(self) -> None:
         """Records of dead workers (and of the spool of earlier versions)."""
 
         def deliver(columns: tuple[str, ...], data: bytes) -> None:
             self.metrics.replayed(self._deliver(columns, data, fresh=False))
+            self.tombstones.remove_late_copies(columns, data)
 
         try:
             wal.replay_orphans(self.wal.root, self.wal.path, deliver, self.batch_bytes)
@@ -326,6 +335,7 @@ class InferenceLog:
                 self.wal.path,
             )
         self.sink.close()
+        self.tombstones.close()
 
 
 def directory(data_dir: Path) -> Path:
@@ -346,4 +356,5 @@ def from_settings(settings: Any, metrics: Metrics | None = None) -> InferenceLog
         fsync=settings.log_fsync,
         legacy_spool=settings.data_dir / "spool",
         metrics=metrics,
+        database_url=settings.sqlalchemy_url,
     ).start()

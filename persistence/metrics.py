@@ -16,7 +16,7 @@ class PrometheusLogMetrics:
         )
         self.dead_letter_records = prom.Gauge(
             "attrition_inference_log_dead_letter_records",
-            "Records in the dead-letter file (shared by the workers)",
+            "Dead letters: the table's (as last counted) and this instance's file",
             multiprocess_mode="max",
         )
         self.written_total = prom.Counter(

@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint, text
+from sqlalchemy import JSON, Column, Index, LargeBinary, Text, UniqueConstraint, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
@@ -134,7 +134,8 @@ class Outcome(SQLModel, table=True):
 
     Append-only: a correction adds the next revision; the highest revision is the outcome.
     No foreign key to inferences: that table may be partitioned by time, and a key on `id`
-    alone cannot reference it; the route checks the id instead.
+    alone cannot reference it; the route checks the id instead, and erasure and retention
+    delete the outcomes of the predictions they delete (persistence/retention.py).
     """
 
     __tablename__ = "outcomes"
@@ -172,6 +173,8 @@ class LogErasure(SQLModel, table=True):
     rows. Never the erased values: a subject or employee_ref filter is kept as its SHA-256."""
 
     __tablename__ = "log_erasures"
+    # Tombstone look-ups: a late record's subject and employee_ref hashes.
+    __table_args__ = (Index("ix_log_erasures_filter", "filter_kind", "filter_sha256"),)
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime, nullable=False))
@@ -181,4 +184,44 @@ class LogErasure(SQLModel, table=True):
     filter_sha256: str | None = Field(default=None, sa_type=Text)
     created_before: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
     rows: int = Field(description="Rows deleted from the database.")
-    dead_letters: int = Field(default=0, description="Records removed from the dead-letter file.")
+    dead_letters: int = Field(default=0, description="Dead letters deleted.")
+    outcomes: int = Field(default=0, description="Outcomes of the deleted predictions, deleted.")
+    recorded_by_erased: int = Field(
+        default=0, description="Other outcomes whose recorded_by was the erased subject."
+    )
+    late_copies: int = Field(
+        default=0,
+        description="Records of this erasure's person made before it that reached the database "
+        "after it (a replay, a dead letter moved or retried), removed on arrival.",
+    )
+
+
+class DeadLetterRow(SQLModel, table=True):
+    """A record the database refused, kept with the reason until `python -m persistence
+    dead-letters retry` writes it or an erasure or prune deletes it.
+
+    `line` is the COPY text line's bytes exactly as refused (NUL or bytes that are not UTF-8
+    included, which text columns cannot hold). The person's keys are copied out of it for
+    erasure and retention: NULL where the line has no readable, storable value.
+    """
+
+    __tablename__ = "dead_letters"
+    __table_args__ = (
+        Index("ix_dead_letters_subject", "subject"),
+        Index(
+            "ix_dead_letters_employee_ref",
+            "employee_ref",
+            postgresql_where=text("employee_ref IS NOT NULL"),
+            sqlite_where=text("employee_ref IS NOT NULL"),
+        ),
+    )
+
+    id: uuid.UUID = Field(primary_key=True, description="The dead letter's own id.")
+    at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    columns: str = Field(sa_type=Text, description="The line's column names, tab-separated.")
+    line: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    error: str = Field(sa_type=Text)
+    record_id: str | None = Field(default=None, sa_type=Text)
+    subject: str | None = Field(default=None, sa_type=Text)
+    employee_ref: str | None = Field(default=None, sa_type=Text)
+    created_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))

@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from persistence.models import Inference, Outcome
+from persistence.retention import hold_erasures
 
 # Clock skew tolerated between the HR system and this service for "not in the future".
 CLOCK_SKEW = timedelta(seconds=60)
@@ -71,6 +72,8 @@ def record_outcomes(
     A caller may only attach outcomes to their own predictions unless admin; someone else's id
     is reported exactly like an unknown one, so ids of other callers cannot be probed.
     """
+    # An erasure of these predictions runs wholly before or after: none is left an outcome.
+    hold_erasures(session.connection())
     ids = [o.inference_id for o in outcomes]
     query = select(Inference.id, Inference.subject, Inference.created_at).where(
         col(Inference.id).in_(ids)
@@ -122,6 +125,7 @@ def record_outcomes(
             )
         )
     if problems:
+        session.rollback()  # ends the transaction and its hold on erasures
         raise OutcomesRefused(problems)
     session.add_all(rows)
     try:

@@ -178,3 +178,17 @@ def feature_matrix(employees: list[Employee]) -> np.ndarray:
     matrix = np.empty((len(employees), len(FEATURES)), dtype=object)
     matrix[:] = [_feature_values(e) for e in employees]
     return matrix
+
+
+class EmployeeInput(Employee):
+    """An employee to score: the model's features, and optionally your reference for them."""
+
+    employee_ref: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$",
+        description="Your reference for this employee (an HR system id, not a name): stored with "
+        "the prediction so its records can be found and erased; never sent to the model.",
+        examples=["E-000123"],
+    )

@@ -6,7 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import InitErrorDetails
 
 from training.explain import DEFAULT_TOP_K, Explanation
-from training.schema import FEATURES, Employee
+from training.schema import FEATURES, EmployeeInput
 
 MAX_SCENARIOS = 50
 
@@ -26,7 +26,11 @@ class WhatIfRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    employee: Employee
+    employee: EmployeeInput = Field(
+        description="The employee as it is (the baseline), with the same optional employee_ref "
+        "as for a prediction: stored on every row of the request (baseline and scenarios), so "
+        "`python -m persistence erase --employee-ref` finds them all."
+    )
     scenarios: list[Scenario] = Field(min_length=1, max_length=MAX_SCENARIOS)
     top_k: int = Field(
         default=DEFAULT_TOP_K, ge=1, le=len(FEATURES), description="Drivers per answer."
@@ -76,10 +80,11 @@ def relocate(
     return out
 
 
-def scenario_employees(request: WhatIfRequest) -> list[Employee]:
-    """The employee of each scenario, or a ValidationError naming every bad scenario and field."""
+def scenario_employees(request: WhatIfRequest) -> list[EmployeeInput]:
+    """The employee of each scenario (with the baseline's employee_ref, which no scenario can
+    change), or a ValidationError naming every bad scenario and field."""
     base = request.employee.model_dump()
-    employees: list[Employee] = []
+    employees: list[EmployeeInput] = []
     errors: list[InitErrorDetails] = []
     for i, scenario in enumerate(request.scenarios):
         unknown = [k for k in scenario.changes if k not in FEATURES]
@@ -97,7 +102,7 @@ def scenario_employees(request: WhatIfRequest) -> list[Employee]:
             employees.append(request.employee)  # the baseline itself: scored identically
             continue
         try:
-            employees.append(Employee.model_validate({**base, **scenario.changes}))
+            employees.append(EmployeeInput.model_validate({**base, **scenario.changes}))
         except ValidationError as exc:
             errors += relocate(exc, "scenarios", i, changed=set(scenario.changes))
     if errors:

@@ -22,8 +22,9 @@ import pytest
 
 from loadtests.harness import inference_rows
 from loadtests.log_crash import HEADER, VICTIMS, crash_run, entry_workers
-from persistence.dead_letters import DeadLetters
+from persistence.dead_letters import DeadLetters, stored
 from persistence.inference_log import directory
+from persistence.retention import Tombstones
 from persistence.wal import waiting_records
 from tests.conftest import SERVER_ENV, PostgresDatabases, Stack, app_settings, seed_users
 from tests.helpers import PROJECT_DIR, Server, employee_rows
@@ -442,8 +443,9 @@ def test_a_row_the_database_refuses_is_isolated_and_retried(stack: Stack) -> Non
     with pg(stack.url) as conn:
         conn.execute(rule)
     data_dir = Path(stack.settings.data_dir)
-    letters = DeadLetters(directory(data_dir) / "dead-letters.jsonl")
-    before = letters.count()
+    letters = DeadLetters(directory(data_dir) / "dead-letters.jsonl",
+                          tombstones=Tombstones(stack.url))  # fmt: skip
+    before = len(letters.load())
     headers = stack.headers("analyst")
     try:
         with ThreadPoolExecutor(9) as pool:
@@ -457,12 +459,15 @@ def test_a_row_the_database_refuses_is_isolated_and_retried(stack: Stack) -> Non
         good = [rid for rid, ref in zip(row_ids(r), refs, strict=True) if ref != poison]
         singles_ids = [s.json()["request_id"] for s in singles if s is not None]
         wait_for(lambda: len(rows_for(stack.url, good + singles_ids)) == 239, what="good rows")
-        wait_for(lambda: letters.count() == before + 1, what="the dead letter")
+        # The writer moves it from the file into the database's table.
+        wait_for(lambda: len(stored(engine=letters.tombstones.engine)) == before + 1,
+                 what="the dead letter in the database")  # fmt: skip
         [letter] = [e for e in letters.load() if e.values().get("employee_ref") == poison]
-        assert "refuse_poison" in letter.error
+        assert "refuse_poison" in letter.error and letters.local_count() == 0
+        wait_for(lambda: health(stack.server)["inference_log"]["dead_letter_records"] == before + 1,
+                 what="/health counting it")  # fmt: skip
         state = health(stack.server)
         assert state["status"] == "ok" and state["inference_log"]["state"] == "ok"
-        assert state["inference_log"]["dead_letter_records"] == before + 1
     finally:
         with pg(stack.url) as conn:
             conn.execute("ALTER TABLE inferences DROP CONSTRAINT IF EXISTS refuse_poison")
@@ -474,7 +479,9 @@ def test_a_row_the_database_refuses_is_isolated_and_retried(stack: Stack) -> Non
     assert retried.returncode == 0, retried.stdout + retried.stderr
     poisoned = [rid for rid, ref in zip(row_ids(r), refs, strict=True) if ref == poison]
     assert rows_for(stack.url, poisoned)[poisoned[0]]["position"] == 137
-    assert health(stack.server)["inference_log"]["dead_letter_records"] == before
+    letters.tombstones.close()
+    wait_for(lambda: health(stack.server)["inference_log"]["dead_letter_records"] == before,
+             what="/health counting it no more")  # fmt: skip
 
 
 def test_employee_ref_is_stored_apart_from_the_model_inputs(stack: Stack) -> None:

@@ -175,6 +175,39 @@ def test_bad_scenario_is_a_400_naming_scenario_and_field(
     assert r.json()["detail"][0]["loc"] == loc
 
 
+def test_what_if_rows_carry_the_employee_ref_and_its_erasure_removes_them_all(
+    backend_stack: Stack,
+) -> None:
+    stack = backend_stack
+    ref = f"E-WI-{uuid.uuid4().hex[:8]}"
+    scenarios = [{"changes": {}}, {"changes": {"OverTime": "No"}}, {"changes": {"Age": 50}}]
+    employee = {**ROWS[0], "employee_ref": ref}
+    r = post(stack, "/predict/attrition/what-if", {"employee": employee, "scenarios": scenarios})
+    assert r.status_code == 200, r.text
+    where = f"employee_ref = '{ref}'"
+    wait_for(lambda: count_rows(stack.url, where) == 4, what="the baseline and 3 scenarios")
+    assert count_rows(stack.url, f"{where} AND route = '/predict/attrition/what-if'") == 4
+    # A scenario cannot change the reference: it is no feature.
+    changed = [{"changes": {"employee_ref": "E-other"}}]
+    r = post(stack, "/predict/attrition/what-if", {"employee": employee, "scenarios": changed})
+    assert r.status_code == 400
+    assert r.json()["detail"][0]["loc"] == ["scenarios", 0, "changes", "employee_ref"]
+    env = {**os.environ, "ATTRITION_DATABASE_URL": stack.url,
+           "ATTRITION_DATA_DIR": str(stack.settings.data_dir)}  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "persistence", "erase", "--employee-ref", ref],
+        env=env, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0 and "deleted 4 predictions" in out.stdout, out.stdout + out.stderr
+    assert count_rows(stack.url, where) == 0
+
+
+def count_rows(url: str, where: str) -> int:
+    from tests.persistence.test_inference_log import query
+
+    return int(query(url, f"SELECT count(*) FROM inferences WHERE {where}")[0][0])
+
+
 def predicted_ids(stack: Stack, user: str, n: int) -> list[str]:
     ids = [
         post(stack, "/predict/attrition", row, user=user).json()["request_id"] for row in ROWS[:n]

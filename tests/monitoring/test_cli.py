@@ -27,6 +27,8 @@ def test_days_are_whole_utc_days_before_today_whenever_the_job_starts() -> None:
         ["--days", "one"],
         ["--days", "1", "--since", "2027-01-01T00:00:00Z"],
         ["--days", "1", "--until", "2027-01-01T00:00:00Z"],
+        ["--min-group-size", "0"],
+        ["--adverse-outcome", "maybe"],
     ],
 )
 def test_bad_windows_are_refused_before_anything_is_read(args: list[str]) -> None:

@@ -1,5 +1,7 @@
-"""The whole report on a log: sections together, what-if rows left out, an empty window."""
+"""The whole report on a log: sections together, what-if rows left out, an empty window, and a
+quiet day whose few rows no stored or written statistic gives away."""
 
+import json
 import uuid
 from datetime import UTC, datetime
 
@@ -47,3 +49,24 @@ def test_empty_window(scored: pd.DataFrame) -> None:
     assert summary["rows"] == 0 and summary["drift"]["note"]
     assert summary["performance"]["n_outcomes"] == 0 and summary["fairness"]["lowest_ratio"] is None
     assert "Monitoring report" in render(report, empty_log())
+
+
+def test_a_quiet_day_stores_and_writes_no_ones_values(scored: pd.DataFrame) -> None:
+    reference, held = split(scored, 0)
+    rows = held.head(3).assign(MonthlyIncome=[12345, 23456, 34567], Age=[19, 58, 33])
+    rows["probability"] = [0.987654, 0.123456, 0.555555]
+    log = log_from(rows)
+    outcomes = pd.DataFrame({"inference_id": log["id"], "outcome": ["left", "stayed", "left"]})
+    ref = Reference("attrition:test", reference, "abc", 0.4)
+    report = build(log=log, outcomes=outcomes, reference=ref, since=SINCE, until=UNTIL)
+    stored = json.dumps(report.summary(), default=str)
+    written = stored + render(report, log)
+    for value in ("12345", "23456", "34567", "0.98765", "0.12345", "0.55555"):
+        assert value not in written, value
+    fairness = report.summary()["fairness"]
+    assert all(g["suppressed"] and g["n"] is None for g in fairness["groups"])
+    assert fairness["lowest_ratio"] is None and fairness["min_group_size"] == 10
+    age = next(r for r in report.quality.ranges if r.feature == "Age")
+    assert "suppressed" in age.current and age.share_outside is None
+    assert report.performance.roc_auc is None and report.performance.groups == []
+    assert "suppressed" in written

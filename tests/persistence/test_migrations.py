@@ -174,3 +174,50 @@ def test_0004_carries_over_a_column_added_before_it(url: str) -> None:
     with engine.connect() as conn:
         assert conn.execute(text("SELECT legacy_note FROM inferences")).scalar_one() == "why"
     engine.dispose()
+
+
+def test_0006_takes_one_persons_values_out_of_stored_reports_and_orphaned_outcomes(
+    url: str,
+) -> None:
+    """Summaries stored before small groups were suppressed held a quiet day's exact values;
+    outcomes of predictions erased or pruned before were left behind."""
+    from alembic import command
+
+    from persistence.db import alembic_config
+    from persistence.models import MonitoringReport, Outcome
+
+    command.downgrade(alembic_config(url), "0005")
+    quiet_day = {
+        "rows": 1,
+        "fairness": {"lowest_ratio": 0.5, "flagged": ["Gender=Male"], "groups": [
+            {"attribute": "Gender", "group": "Female", "n": 1, "selection_rate": 1.0,
+             "mean_risk": 0.987654, "ratio": 1.0, "flagged": False},
+            {"attribute": "Gender", "group": "Male", "n": 40, "selection_rate": 0.5,
+             "mean_risk": 0.4, "ratio": 0.5, "flagged": True},
+            {"attribute": "MaritalStatus", "group": "Single", "n": 41, "selection_rate": 0.5,
+             "mean_risk": 0.4, "ratio": 1.0, "flagged": False}]},
+        "quality": {"rows": 1, "ranges": [{"feature": "MonthlyIncome", "training": "[1009, 19999]",
+                                           "current": "[12345, 12345]", "share_outside": 0.0}]},
+        "performance": {"groups": [{"attribute": "Gender", "group": "Female", "n": 3,
+                                    "true_positive_rate": 1.0, "false_positive_rate": 0.0}]},
+    }  # fmt: skip
+    engine = make_engine(url)
+    with Session(engine) as session:
+        session.add(MonitoringReport(model_tag="m", summary=quiet_day))
+        session.add(Outcome(inference_id=uuid.uuid4(), outcome="left", recorded_by="hr",
+                            observed_at=datetime.now(UTC)))  # fmt: skip
+        session.commit()
+    upgrade(url)
+    with Session(engine) as session:
+        [report] = session.exec(select(MonitoringReport)).all()
+        assert session.exec(select(Outcome)).all() == []
+    engine.dispose()
+    stored = json.dumps(report.summary)
+    assert "12345" not in stored and "0.987654" not in stored
+    female, male, single = report.summary["fairness"]["groups"]
+    assert female["suppressed"] and female["n"] is None and female["selection_rate"] is None
+    assert male["ratio"] is None and single["ratio"] == 1.0  # Male's ratio was against Female
+    assert report.summary["fairness"]["lowest_ratio"] == 1.0
+    assert report.summary["fairness"]["flagged"] == []
+    assert report.summary["quality"]["ranges"][0]["share_outside"] is None
+    assert report.summary["performance"]["groups"][0]["true_positive_rate"] is None

@@ -74,3 +74,18 @@ def test_more_than_50_scenarios_are_refused() -> None:
 def test_employee_stays_hashable_for_deduplication() -> None:
     a, b = (Employee.model_validate(employee_rows(1)[0]) for _ in range(2))
     assert hash(a) == hash(b) and len(dict.fromkeys([a, b])) == 1
+
+
+def test_employee_ref_is_carried_by_every_scenario_and_no_scenario_changes_it() -> None:
+    base = {**employee_rows(1)[0], "employee_ref": "E-000123"}
+    req = WhatIfRequest.model_validate(
+        {"employee": base, "scenarios": [{"changes": {}}, {"changes": {"OverTime": "No"}}]}
+    )
+    assert [e.employee_ref for e in scenario_employees(req)] == ["E-000123", "E-000123"]
+    [e] = errors({"employee_ref": "E-999"})
+    assert e["loc"] == ("scenarios", 0, "changes", "employee_ref")
+    with pytest.raises(ValidationError) as info:  # the same rules as for a prediction
+        WhatIfRequest.model_validate(
+            {"employee": {**base, "employee_ref": "a name"}, "scenarios": [{"changes": {}}]}
+        )
+    assert info.value.errors()[0]["loc"] == ("employee", "employee_ref")
