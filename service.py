@@ -37,6 +37,7 @@ from persistence.metrics import (
     disk_gauges,
     log_metrics,
     login_lockouts,
+    model_service_gauge,
     model_unavailable,
     monitoring_gauges,
     runner_batch_histogram,
@@ -601,8 +602,8 @@ class AttritionService:
 
     def __metrics__(self, content: str) -> str:
         """BentoML's metrics plus gauges from the last monitoring report (read at most every
-        MONITORING_CACHE_SECONDS; the report's age is computed at each scrape) and of the
-        inference log's disk use."""
+        MONITORING_CACHE_SECONDS; the report's age is computed at each scrape), the inference
+        log's disk use, and a probe of the model service when it is served apart."""
         now = time.monotonic()
         if now - self._report_read_at > MONITORING_CACHE_SECONDS:
             try:
@@ -613,7 +614,8 @@ class AttritionService:
                 logger.warning("cannot read the last monitoring report: %s", exc)
             self._report_read_at = now
         disk = disk_gauges(inference_log.directory(settings.data_dir)) if self.log else ""
-        return content + monitoring_gauges(self._report, datetime.now(UTC)) + disk
+        gauges = monitoring_gauges(self._report, datetime.now(UTC))
+        return content + gauges + disk + model_service_gauge(settings.model_url)
 
 
 # The decorators turned the classes into bentoml Service objects, which mypy cannot see.

@@ -5,6 +5,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from urllib.request import urlopen
 
 
 class PrometheusLogMetrics:
@@ -187,3 +188,25 @@ def disk_gauges(directory: Path) -> str:
         for ln in gauge_text(name, doc, v)
     ]
     return "\n".join(lines) + "\n"
+
+
+MODEL_UP = (
+    "attrition_model_service_up",
+    "1 when the model service answered its readiness probe (GET /readyz) at this scrape, else 0",
+)
+# Within Prometheus's scrape timeout (10 s by default) with room for the rest of the scrape.
+MODEL_PROBE_SECONDS = 2.0
+
+
+def model_service_gauge(url: str | None) -> str:
+    """Prometheus text: whether the separately served model service (the split topology) is ready,
+    probed at scrape time, so the signal exists with no client traffic. Nothing when the model
+    service runs inside this server."""
+    if url is None:
+        return ""
+    try:
+        with urlopen(f"{url.rstrip('/')}/readyz", timeout=MODEL_PROBE_SECONDS) as r:
+            up = r.status == 200
+    except (OSError, ValueError):  # refused, timed out, an HTTP error status; a bad URL
+        up = False
+    return "\n".join(gauge_text(*MODEL_UP, float(up))) + "\n"

@@ -1,8 +1,12 @@
-"""The metrics added for the alerts: the inference log's disk use, predictions that gave up on the
-model service, and usernames locked (counted once per lock, on SQLite and PostgreSQL)."""
+"""The metrics added for the alerts: the inference log's disk use, the model service's readiness
+probed at scrape time, predictions that gave up on it, and usernames locked (counted once per
+lock, on SQLite and PostgreSQL)."""
 
 import asyncio
 import os
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import aiohttp
@@ -14,8 +18,14 @@ from sqlmodel import Session
 from auth.users import LockedOut, authenticate, create_user
 from deploy.lifecycle import ModelUnavailable, call_with_retry
 from persistence.db import make_engine
-from persistence.metrics import disk_gauges, login_lockouts, model_unavailable
+from persistence.metrics import (
+    disk_gauges,
+    login_lockouts,
+    model_service_gauge,
+    model_unavailable,
+)
 from persistence.models import UserCreate
+from tests.helpers import free_port
 from tests.persistence.conftest import url
 
 __all__ = ["url"]
@@ -38,6 +48,43 @@ def test_disk_gauges_sum_the_log_files_and_read_their_volume(tmp_path: Path) -> 
     assert 0 < values["attrition_inference_log_volume_free_bytes"] <= values["attrition_inference_log_volume_size_bytes"]  # fmt: skip
     assert {f.type for f in families.values()} == {"gauge"}
     assert disk_gauges(tmp_path / "missing") == ""
+
+
+class Readyz(BaseHTTPRequestHandler):
+    status = 200
+
+    def do_GET(self) -> None:  # noqa: N802 - the handler's name
+        self.send_response(self.status if self.path == "/readyz" else 404)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def model_service() -> Iterator[str]:
+    """A stand-in model service answering /readyz with Readyz.status."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Readyz)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    Readyz.status = 200
+
+
+def up(text: str) -> float:
+    [family] = text_string_to_metric_families(text)
+    assert family.name == "attrition_model_service_up" and family.type == "gauge"
+    return float(family.samples[0].value)
+
+
+def test_the_model_service_is_up_only_when_its_readyz_answers_200(model_service: str) -> None:
+    assert up(model_service_gauge(model_service)) == 1
+    assert up(model_service_gauge(model_service + "/")) == 1
+    Readyz.status = 503  # draining, or its model not loaded
+    assert up(model_service_gauge(model_service)) == 0
+    assert up(model_service_gauge(f"http://127.0.0.1:{free_port()}")) == 0  # nobody listens
+    assert model_service_gauge(None) == ""  # served inside this server: nothing to probe
 
 
 def test_a_prediction_that_gives_up_on_the_model_service_is_counted() -> None:

@@ -1,6 +1,7 @@
 """The alert rules on a real Prometheus scraping a real server: every metric the rules and the
 dashboard read is exported; a record the database refuses makes AttritionDeadLetters pending,
-then firing, and the retry command resolves it, also after an entry worker was killed."""
+then firing, and the retry command resolves it, also after an entry worker was killed; a model
+service that stops makes AttritionModelServiceDown fire from the entry's probes alone."""
 
 import os
 import signal
@@ -9,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,10 +20,11 @@ import pytest
 import yaml
 from sqlmodel import Session
 
+from loadtests.harness import split_topology
 from loadtests.log_crash import entry_workers
 from persistence.db import make_engine
 from persistence.reports import save_report
-from tests.conftest import PASSWORD, PostgresDatabases, Stack, start_stack
+from tests.conftest import PASSWORD, SERVER_ENV, PostgresDatabases, Stack, seed_users, start_stack
 from tests.helpers import PROJECT_DIR, employee_rows
 from tests.integration.prometheus import Prometheus
 from tests.promql import (
@@ -36,9 +39,20 @@ from tests.promql import (
 pytestmark = pytest.mark.integration
 
 DEAD_LETTERS = "AttritionDeadLetters"
-# The test's copy of the rules waits this long instead of a minute before firing, so the pending
-# phase shows within seconds; the expression is the rule file's.
-DEAD_LETTERS_FOR = "5s"
+MODEL_DOWN = "AttritionModelServiceDown"
+# The tests' copy of the rules waits this long instead of minutes before firing, so the pending
+# phase shows within seconds; the expressions are the rule file's.
+SHORT_FOR = "5s"
+
+
+def start_prometheus(target: str, work: Path, shortened: str) -> Prometheus:
+    """A Prometheus scraping `target` with the project's rules, `shortened`'s `for` SHORT_FOR."""
+    ensure_promtool()
+    rules = yaml.safe_load(RULES.read_text())
+    [rule] = [r for g in rules["groups"] for r in g["rules"] if r["alert"] == shortened]
+    rule["for"] = SHORT_FOR
+    (work / "rules.yaml").write_text(yaml.safe_dump(rules))
+    return Prometheus(target, work / "rules.yaml", work)
 
 
 @pytest.fixture(scope="module")
@@ -61,13 +75,9 @@ def served(
 
 @pytest.fixture(scope="module")
 def prometheus(served: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
-    ensure_promtool()
-    work = tmp_path_factory.mktemp("prometheus")
-    rules = yaml.safe_load(RULES.read_text())
-    [rule] = [r for g in rules["groups"] for r in g["rules"] if r["alert"] == DEAD_LETTERS]
-    rule["for"] = DEAD_LETTERS_FOR
-    (work / "rules.yaml").write_text(yaml.safe_dump(rules))
-    server = Prometheus(served.server.url, work / "rules.yaml", work)
+    server = start_prometheus(
+        served.server.url, tmp_path_factory.mktemp("prometheus"), DEAD_LETTERS
+    )
     yield server
     server.stop()
 
@@ -104,6 +114,9 @@ def test_every_metric_the_rules_and_the_dashboard_read_is_exported(
 
     read = set().union(*map(metric_names, [*rule_exprs().values(), *dashboard_exprs().values()]))
     read |= dashboard_variable_metrics()
+    # Only an entry with a model service of its own to probe exports it: the split topology's
+    # test checks it.
+    read -= {"attrition_model_service_up"}
     deadline = time.monotonic() + 30
     while not read <= (scraped := prometheus.metric_names()) and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -135,12 +148,8 @@ def test_a_refused_record_fires_the_dead_letter_alert_and_a_retry_resolves_it(
         assert r.status_code == 200  # answered: the record waits in the dead letters
         sent = time.monotonic() - t0
 
-        def state(wanted: str) -> float | None:
-            alerts = prometheus.alerts(DEAD_LETTERS)
-            return time.monotonic() - t0 if any(a["state"] == wanted for a in alerts) else None
-
-        pending = wait_for(lambda: state("pending"), "the alert pending")
-        firing = wait_for(lambda: state("firing"), "the alert firing")
+        pending = wait_for(lambda: state(prometheus, DEAD_LETTERS, "pending", t0), "pending")
+        firing = wait_for(lambda: state(prometheus, DEAD_LETTERS, "firing", t0), "firing")
         [alert] = prometheus.alerts(DEAD_LETTERS)
         assert alert["labels"]["severity"] == "warning" and float(alert["value"]) == 1
         assert alert["labels"]["instance"] == url.split("://")[1]
@@ -175,9 +184,61 @@ def test_a_refused_record_fires_the_dead_letter_alert_and_a_retry_resolves_it(
         assert row.fetchone() == (1,)
     print(
         f"\ndead-letter alert timeline (s after the poison request was sent; scrape and rule "
-        f"evaluation every 1 s, `for` {DEAD_LETTERS_FOR}): answered {sent:.1f}, pending "
+        f"evaluation every 1 s, `for` {SHORT_FOR}): answered {sent:.1f}, pending "
         f"{pending:.1f}, firing {firing:.1f}, retry started {retry_started:.1f} and done "
         f"{retried_at:.1f}, resolved {resolved:.1f}"
     )
     assert sent < pending < firing < retry_started < retried_at < resolved
     assert firing - pending >= 4.5  # the rule's `for`, at 1 s evaluations
+
+
+def test_a_stopped_model_service_fires_the_model_service_alert(
+    model_tag: str, postgres: PostgresDatabases, tmp_path: Path
+) -> None:
+    """The split topology (the model service on a server of its own, as in Kubernetes): when the
+    model service stops, the entry's probe at each scrape makes the alert fire with no client
+    traffic; predictions then give up on it (503) and are counted."""
+    url = postgres.create()
+    seed_users(url)
+    env = {**SERVER_ENV, "ATTRITION_MODEL_TAG": model_tag, "ATTRITION_DATABASE_URL": url,
+           "ATTRITION_DATA_DIR": str(tmp_path / "data"), "ATTRITION_MODEL_RETRY_SECONDS": "1"}  # fmt: skip
+    with split_topology(env, tmp_path / "servers", entries=1) as (model, [entry]):
+        (tmp_path / "prometheus").mkdir()
+        prometheus = start_prometheus(entry.url, tmp_path / "prometheus", MODEL_DOWN)
+        try:
+            up = "min(attrition_model_service_up)"
+            wait_for(lambda: prometheus.value(up) == 1, "the model service up in Prometheus")
+            assert prometheus.alerts(MODEL_DOWN) == []
+            t0 = time.monotonic()
+            model.stop()
+            stopped = time.monotonic() - t0
+            pending = wait_for(lambda: state(prometheus, MODEL_DOWN, "pending", t0), "pending")
+            firing = wait_for(lambda: state(prometheus, MODEL_DOWN, "firing", t0), "firing")
+            print(
+                f"\nmodel service alert timeline (s after SIGTERM to the model server; scrape and "
+                f"evaluation every 1 s, `for` {SHORT_FOR}): stopped {stopped:.1f}, pending "
+                f"{pending:.1f}, firing {firing:.1f}"
+            )
+            assert prometheus.value(up) == 0
+            headers = {"Authorization": f"Bearer {bearer_token(entry.url)}"}
+            for _ in range(3):
+                r = httpx.post(f"{entry.url}/predict/attrition", json=employee_rows(1)[0],
+                               headers=headers, timeout=60)  # fmt: skip
+                assert r.status_code == 503, r.text
+            given_up = "sum(attrition_model_unavailable_total)"
+            assert wait_for(lambda: prometheus.value(given_up) == 3, "3 predictions given up")
+        finally:
+            prometheus.stop()
+
+
+def state(prometheus: Prometheus, alert: str, wanted: str, t0: float) -> float | None:
+    """Seconds since t0 once `alert` is in the `wanted` state, else None."""
+    active = prometheus.alerts(alert)
+    return time.monotonic() - t0 if any(a["state"] == wanted for a in active) else None
+
+
+def bearer_token(url: str) -> str:
+    login = {"username": "predictor", "password": PASSWORD}
+    r = httpx.post(f"{url}/auth/token", data=login, timeout=60)
+    assert r.status_code == 200, r.text
+    return str(r.json()["access_token"])
