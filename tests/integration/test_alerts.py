@@ -114,8 +114,8 @@ def test_every_metric_the_rules_and_the_dashboard_read_is_exported(
 
     read = set().union(*map(metric_names, [*rule_exprs().values(), *dashboard_exprs().values()]))
     read |= dashboard_variable_metrics()
-    # Only an entry with a model service of its own to probe exports it: the split topology's
-    # test checks it.
+    # Only an entry calling a separately served model service exports it (the split topology's
+    # test below checks it).
     read -= {"attrition_model_service_up"}
     deadline = time.monotonic() + 30
     while not read <= (scraped := prometheus.metric_names()) and time.monotonic() < deadline:
