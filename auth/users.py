@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from auth.passwords import dummy_hash, hash_password, verify_password
+from persistence.metrics import login_lockouts
 from persistence.models import ROLES, LoginAttempt, User, UserCreate
 from persistence.types import UTCDateTime, utcnow
 
@@ -204,6 +205,8 @@ def authenticate(
         password_hash, active, user_id = user.password_hash, user.is_active, user.id
     session.rollback()  # no transaction stays open during the slow check
     if not (verify_password(password, password_hash) and active):
+        if number == max_failures:  # the attempt that locks the name, and it failed
+            login_lockouts().inc()
         return None
     session.exec(delete(LoginAttempt).where(LoginAttempt.username == username))  # type: ignore[arg-type]
     session.exec(update(User).where(User.id == user_id).values(last_login_at=utcnow()))  # type: ignore[arg-type]

@@ -13,6 +13,8 @@ import aiohttp
 import psutil
 from bentoml.exceptions import ServiceUnavailable
 
+from persistence.metrics import model_unavailable
+
 log = logging.getLogger("attrition.lifecycle")
 T = TypeVar("T")
 
@@ -126,6 +128,7 @@ async def call_with_retry(
             return await call()
         except aiohttp.ClientConnectionError as exc:
             if time.monotonic() + pause > deadline:
+                model_unavailable().inc()
                 raise ModelUnavailable(
                     f"{what} unreachable for {budget_seconds:g}s ({attempt} attempts): {exc!r}"
                 ) from exc

@@ -1,8 +1,11 @@
 """Prometheus metrics of the inference log, created once per worker (after BentoML has set up
 multiprocess collection, so they show on /metrics with BentoML's own)."""
 
+import os
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
+from urllib.request import urlopen
 
 
 class PrometheusLogMetrics:
@@ -17,7 +20,9 @@ class PrometheusLogMetrics:
         self.dead_letter_records = prom.Gauge(
             "attrition_inference_log_dead_letter_records",
             "Dead letters: the table's (as last counted) and this instance's file",
-            multiprocess_mode="max",
+            # Every worker counts the same table: the latest count wins. With "max", the last
+            # count of a worker that died stayed in the maximum after the letters were retried.
+            multiprocess_mode="mostrecent",
         )
         self.written_total = prom.Counter(
             "attrition_inference_log_written", "Records written to the database"
@@ -96,6 +101,29 @@ def runner_batch_histogram() -> Any:
     )
 
 
+@lru_cache
+def login_lockouts() -> Any:
+    import prometheus_client as prom
+
+    return prom.Counter(
+        "attrition_login_lockouts", "Usernames locked by a failed login (too many failures)"
+    )
+
+
+@lru_cache
+def model_unavailable() -> Any:
+    import prometheus_client as prom
+
+    return prom.Counter(
+        "attrition_model_unavailable",
+        "Calls to the model service given up: unreachable for the whole retry budget (HTTP 503)",
+    )
+
+
+def gauge_text(name: str, doc: str, value: float) -> list[str]:
+    return [f"# HELP {name} {doc}", f"# TYPE {name} gauge", f"{name} {float(value)!r}"]
+
+
 GAUGES = (
     ("attrition_monitoring_drift_share", "Share of input features flagged as drifted"),
     ("attrition_monitoring_min_selection_ratio",
@@ -122,5 +150,63 @@ def monitoring_gauges(report: tuple[Any, dict[str, Any]] | None, now: Any) -> st
     for (name, doc), value in zip(GAUGES, values, strict=True):
         if value is None:
             continue
-        lines += [f"# HELP {name} {doc}", f"# TYPE {name} gauge", f"{name} {float(value)!r}"]
+        lines += gauge_text(name, doc, value)
     return "\n".join(lines) + "\n" if lines else ""
+
+
+DISK_GAUGES = (
+    ("attrition_inference_log_disk_bytes",
+     "Bytes of the inference log's files on this instance (write-ahead files, dead letters)"),
+    ("attrition_inference_log_volume_free_bytes",
+     "Bytes the service may still write on the volume holding the inference log's files"),
+    ("attrition_inference_log_volume_size_bytes",
+     "Size of the volume holding the inference log's files, in bytes"),
+)  # fmt: skip
+
+
+def disk_gauges(directory: Path) -> str:
+    """Prometheus text: the inference log's files on disk and the room left on their volume.
+
+    Measured at scrape time: the files are the instance's, shared by its workers, so every
+    worker reports the same values, and a scrape costs a listing of a few files.
+    """
+    try:
+        volume = os.statvfs(directory)
+    except OSError:  # not created yet
+        return ""
+    used = 0
+    for root, _, files in os.walk(directory):
+        for name in files:
+            try:
+                used += os.stat(os.path.join(root, name)).st_size
+            except FileNotFoundError:  # rotated away meanwhile
+                continue
+    values = (used, volume.f_bavail * volume.f_frsize, volume.f_blocks * volume.f_frsize)
+    lines = [
+        ln
+        for (name, doc), v in zip(DISK_GAUGES, values, strict=True)
+        for ln in gauge_text(name, doc, v)
+    ]
+    return "\n".join(lines) + "\n"
+
+
+MODEL_UP = (
+    "attrition_model_service_up",
+    "1 when the model service answered its readiness probe (GET /readyz) at this scrape, else 0",
+)
+# Within Prometheus's scrape timeout (10 s by default) with room for the rest of the scrape.
+MODEL_PROBE_SECONDS = 2.0
+
+
+def model_service_gauge(url: str | None) -> str:
+    """Prometheus text: whether the separately served model service (the split topology) is ready,
+    probed at scrape time, so the signal exists with no client traffic. Nothing when the model
+    service runs inside this server."""
+    if url is None:
+        return ""
+    try:
+        with urlopen(f"{url.rstrip('/')}/readyz", timeout=MODEL_PROBE_SECONDS) as r:
+            up = r.status == 200
+    except (OSError, ValueError):  # refused, timed out, an HTTP error status; a bad URL
+        up = False
+    return "\n".join(gauge_text(*MODEL_UP, float(up))) + "\n"
