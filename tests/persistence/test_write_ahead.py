@@ -1,22 +1,27 @@
 """The write-ahead log under slow, stuck and half-failed databases and disks, on each real
 database: a writer that is never idle still seals, trims and replays; shutdown never closes
-files under a busy writer; a torn write that cannot be cut retires its segment."""
+files under a busy writer; a torn write that cannot be cut retires its segment; rows that no
+partition can hold, or that name columns the table lacks, become dead letters."""
 
 import errno
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from persistence import inference_log, wal
+from persistence import copytext, inference_log, wal
 from persistence.dead_letters import DeadLetters
-from persistence.inference_log import COLUMNS, InferenceLog, LogUnavailable, encode
+from persistence.inference_log import COLUMNS, InferenceLog, LogUnavailable, directory, encode
 from persistence.sinks import make_sink
+from tests.helpers import PROJECT_DIR
 from tests.persistence.test_inference_log import count, ids, record, wait_for
 
 
@@ -209,6 +214,27 @@ def test_a_retired_segment_is_replayed_only_up_to_its_end(
     assert list((tmp_path / "wal").iterdir()) == []
 
 
+def test_a_created_at_no_partition_can_hold_goes_to_the_dead_letters(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """PostgreSQL reads these times, but the writer cannot make a monthly partition for them."""
+    old = record(1, created_at=datetime(2019, 12, 31, 23, 59, tzinfo=UTC).isoformat())
+    odd = [
+        record(2, created_at="infinity"),
+        record(3, created_at="epoch"),
+        record(4, created_at="9999-12-31T12:00:00+00:00"),  # its month has no upper bound
+    ]
+    fine = record(5)
+    log = InferenceLog(make_sink(pg_url), tmp_path)
+    log.append([old, *odd, fine])
+    log.start().close(timeout=10)
+    assert ids(pg_url) == sorted([old.id, fine.id])
+    reasons = {e.values()["id"]: e.error for e in log.dead_letters.load()}
+    assert sorted(reasons) == sorted(r.id for r in odd)
+    assert all("created_at" in why for why in reasons.values()), reasons
+    assert list((tmp_path / "wal").iterdir()) == []
+
+
 def test_the_orphan_scan_leaves_a_directory_being_created_alone(tmp_path: Path) -> None:
     root = tmp_path / "wal"
     root.mkdir()
@@ -224,6 +250,55 @@ def test_the_orphan_scan_leaves_a_directory_being_created_alone(tmp_path: Path) 
     wal.replay_orphans(root, None, lambda c, d: None, 1 << 20)
     assert making.is_dir() and locking.is_dir() and (locking / "lock").exists()
     assert not abandoned.exists()
+
+
+FOREIGN = {
+    "injection": (*COLUMNS[:-1], "drivers) FROM STDIN; DROP TABLE inferences; --"),
+    "unknown": (*COLUMNS[:-1], "no_such_column"),
+    "twice": (*COLUMNS[:-1], "id"),
+}
+
+
+@pytest.mark.parametrize("columns", FOREIGN.values(), ids=FOREIGN.keys())
+def test_a_segment_naming_columns_the_table_lacks_is_refused_not_run(
+    url: str, tmp_path: Path, columns: tuple[str, ...]
+) -> None:
+    stopped = tmp_path / "wal" / "1-dead"
+    stopped.mkdir(parents=True)
+    (stopped / "lock").touch()
+    refused = [record(1), record(2)]
+    data, _, _ = encode(refused)
+    (stopped / "00000001.log").write_bytes(wal.header(columns) + data)
+    log = InferenceLog(make_sink(url), tmp_path).start()
+    live = record(3)
+    log.append([live])
+    log.close()
+    assert ids(url) == [live.id]  # the table is intact, and the writer kept going
+    letters = log.dead_letters.load()
+    assert sorted(e.line.split("\t")[0] for e in letters) == sorted(r.id for r in refused)
+    assert all(e.columns == columns and "column" in e.error for e in letters), letters
+    assert not stopped.exists()  # its records are kept in the dead letters, for an operator
+
+
+def test_a_dead_letter_naming_columns_the_table_lacks_stays_refused(
+    url: str, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    letters = DeadLetters(directory(data_dir) / "dead-letters.jsonl")
+    foreign, good = record(1), record(2)
+    letters.add(FOREIGN["injection"], [(copytext.line(foreign).rstrip("\n"), "earlier")])
+    letters.add(COLUMNS, [(copytext.line(good).rstrip("\n"), "earlier")])
+    env = {**os.environ, "ATTRITION_DATABASE_URL": url, "ATTRITION_DATA_DIR": str(data_dir)}
+    out = subprocess.run(
+        [sys.executable, "-m", "persistence", "dead-letters", "retry"],
+        env=env, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 1, out.stderr
+    assert "1 dead letters written, 1 still refused" in out.stdout
+    assert "not a column" in out.stdout
+    assert ids(url) == [good.id]
+    [kept] = letters.load()
+    assert kept.columns == FOREIGN["injection"]
 
 
 def test_a_long_replay_goes_in_parts_that_resume_where_the_last_stopped(
