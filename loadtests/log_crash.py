@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,7 @@ class Load:
         self.rows = rows
         self.answered: set[str] = set()
         self.failed = 0
+        self.statuses: Counter[int] = Counter()  # of every request; 0: no answer
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.threads = [threading.Thread(target=self._client, args=(n,)) for n in range(clients)]
@@ -92,11 +94,12 @@ class Load:
                         r = client.post("/predict/attrition/batch", json={"employees": batch})
                     else:
                         r = client.post("/predict/attrition", json=row)
-                    ok = r.status_code == 200
+                    status, ok = r.status_code, r.status_code == 200
                     ids = record_ids(r.json()) if ok else []
                 except (httpx.HTTPError, ValueError):
-                    ok, ids = False, []
+                    status, ok, ids = 0, False, []
                 with self.lock:
+                    self.statuses[status] += 1
                     if ok:
                         self.answered.update(ids)
                     else:

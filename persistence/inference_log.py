@@ -27,6 +27,13 @@ log = logging.getLogger("attrition.inference_log")
 
 # Dead workers' directories are looked for this often (a worker replays them at start too).
 ORPHAN_SCAN_SECONDS = 10.0
+# A pass replays at most this many batches of a dead worker's records, so that a long replay
+# (a worker that died during an outage) never holds this worker's own records back.
+REPLAY_BATCHES_PER_PASS = 4
+
+
+class Abandoned(Exception):
+    """close() gave up waiting: the writer stops after the batch it is in."""
 
 
 class Record(NamedTuple):
@@ -168,8 +175,16 @@ class InferenceLog:
         self.metrics = metrics or NoMetrics()
         self.wakeup = threading.Event()
         self.stopping = threading.Event()
+        self.abandoned = threading.Event()
         self.healthy = True
         self.orphaned = 0  # records of dead workers not replayed yet (the database is away)
+        self.replaying = False  # a dead worker's directory is part-way through its replay
+        # Whoever of close() and the exiting writer comes second closes the files and the
+        # connection, so that they are never closed under a writer still using them.
+        self.handover = threading.Lock()
+        self.closed = False
+        self.writer_done = False
+        self.released: bool | None = None  # what _release() returned
         self.thread = threading.Thread(target=self._run, name="inference-log", daemon=True)
 
     def start(self) -> "InferenceLog":
@@ -229,7 +244,13 @@ class InferenceLog:
         return data.count(b"\n") - len(refused)
 
     def _drain(self) -> None:
-        while chunk := self.wal.next_chunk(self.batch_bytes):
+        """Write the records that were waiting when it began (never more than about one more
+        batch): under a load that never pauses, the writer still gets back to sealing, trimming
+        and replaying after every pass."""
+        budget = self.wal.backlog_bytes()
+        while budget > 0 and (chunk := self.wal.next_chunk(self.batch_bytes)):
+            if self.abandoned.is_set():
+                return
             segment, data = chunk
             n = data.count(b"\n")
             try:
@@ -241,6 +262,7 @@ class InferenceLog:
                 self.metrics.failed(n)
                 return
             self.wal.committed(segment, len(data), n)
+            budget -= len(data)
             self.metrics.written(written)
             # After every batch, not once drained: a writer falling behind never is.
             self.metrics.observe(
@@ -253,14 +275,22 @@ class InferenceLog:
         """Records of dead workers (and of the spool of earlier versions)."""
 
         def deliver(columns: tuple[str, ...], data: bytes) -> None:
+            if self.abandoned.is_set():
+                raise Abandoned
             self.metrics.replayed(self._deliver(columns, data, fresh=False))
             self.tombstones.remove_late_copies(columns, data)
 
         try:
-            wal.replay_orphans(self.wal.root, self.wal.path, deliver, self.batch_bytes)
-            if self.legacy_spool is not None:
+            budget = REPLAY_BATCHES_PER_PASS * self.batch_bytes
+            done = wal.replay_orphans(
+                self.wal.root, self.wal.path, deliver, self.batch_bytes, budget
+            ).done
+            if done and self.legacy_spool is not None:
                 self._replay_legacy_spool(self.legacy_spool, deliver)
+            self.replaying = not done
             self.orphaned = 0
+        except Abandoned:
+            pass
         except Exception as exc:  # noqa: BLE001 - still down; try again later
             self.healthy = False
             self.orphaned = wal.orphaned_records(self.wal.root, self.wal.path)
@@ -291,15 +321,25 @@ class InferenceLog:
             log.warning("replayed %d records from %s", len(records), path.name)
 
     def _run(self) -> None:
-        self._replay()
+        try:
+            self._replay()
+            self._loop()
+        finally:
+            with self.handover:
+                self.writer_done = True
+                closed = self.closed
+            if closed:  # close() gave up waiting for this thread: it is done with them now
+                self._release()
+
+    def _loop(self) -> None:
         last_try = last_scan = time.monotonic()
-        while True:
+        while not self.abandoned.is_set():
             stopping = self.stopping.is_set()
             if stopping:
                 pass
             elif not self.healthy:  # the next retry; a backlog must not make it spin
                 self.stopping.wait(max(last_try + self.retry_interval - time.monotonic(), 0))
-            elif self.wal.backlog_bytes() < self.batch_bytes:
+            elif self.wal.backlog_bytes() < self.batch_bytes and not self.replaying:
                 self.wakeup.wait(self.flush_interval)
                 self.wakeup.clear()
             now = time.monotonic()
@@ -307,7 +347,8 @@ class InferenceLog:
                 if self.healthy or stopping or now - last_try >= self.retry_interval:
                     last_try = now
                     self._drain()
-                    if self.healthy and (self.orphaned or now - last_scan >= ORPHAN_SCAN_SECONDS):
+                    due = now - last_scan >= ORPHAN_SCAN_SECONDS
+                    if self.healthy and (self.orphaned or self.replaying or due):
                         last_scan = now
                         self._replay()
                 self.wal.rotate_if_due()
@@ -318,17 +359,49 @@ class InferenceLog:
                 log.exception("inference log writer failed; retrying")
                 self.healthy = False
                 last_try = now
-            if stopping:
-                break
+            # Stopping: write everything that waits, unless the database is away.
+            if stopping and not (self.healthy and (self.wal.backlog_bytes() or self.replaying)):
+                return
 
-    def close(self, timeout: float = 20.0) -> None:
-        """Stop taking records, write what is waiting, and delete the file if the database has
-        it all; otherwise leave it for the next start to replay."""
+    def close(self, timeout: float = 20.0) -> bool:
+        """Stop taking records and write what is waiting, for at most `timeout` seconds.
+
+        True when the database has every record and the files are deleted. Otherwise they stay
+        for the next start (or another worker) to replay, ignoring rows already in; a writer
+        still busy after the timeout (a slow or stuck database) stops after the batch it is in
+        and closes the files and its connection itself, never under its own feet.
+        """
+        self.wal.seal()
         self.stopping.set()
         self.wakeup.set()
-        if self.thread.ident is not None:  # started
+        started = self.thread.ident is not None
+        if started:
             self.thread.join(timeout)
-        if not self.wal.close():
+        with self.handover:
+            self.closed = True
+            busy = started and not self.writer_done
+            if busy:
+                self.abandoned.set()
+        if busy:
+            log.warning(
+                "the inference log writer is still writing after %.0f s (the database is slow"
+                " or stuck); it stops after its current batch; %d records wait in %s for the"
+                " next start",
+                timeout,
+                self.wal.backlog_records(),
+                self.wal.path,
+            )
+            return False
+        return self._release()
+
+    def _release(self) -> bool:
+        """Close the files (deleting them if the database has it all) and the connection."""
+        with self.handover:
+            if self.released is not None:  # closed twice
+                return self.released
+            self.released = False
+        done = self.released = self.wal.close()
+        if not done:
             log.warning(
                 "%d records wait in %s for the next start",
                 self.wal.backlog_records(),
@@ -336,6 +409,7 @@ class InferenceLog:
             )
         self.sink.close()
         self.tombstones.close()
+        return done
 
 
 def directory(data_dir: Path) -> Path:

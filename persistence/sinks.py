@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
+from functools import cache
 from typing import Any, Protocol
 
 from persistence import copytext, partitions
@@ -23,6 +24,34 @@ PARTITION_CHECK_SECONDS = 3600.0
 
 class RowsRefused(Exception):
     """The database refused these rows for what they contain."""
+
+
+class ColumnsRefused(RowsRefused):
+    """The lines name columns the table does not have: all are refused, nothing is sent."""
+
+
+@cache
+def table_columns() -> frozenset[str]:
+    from persistence.models import Inference
+
+    return frozenset(c.name for c in Inference.__table__.columns)  # type: ignore[attr-defined]
+
+
+def check_columns(columns: tuple[str, ...]) -> None:
+    """Refuse column names (read from files) that are not the table's, before any goes into
+    SQL: a write-ahead header or a dead letter could name anything."""
+    unknown = [c for c in columns if c not in table_columns()]
+    if unknown:
+        raise ColumnsRefused(f"not a column of inferences: {', '.join(map(repr, unknown))}")
+    if not columns or len(set(columns)) < len(columns):
+        raise ColumnsRefused(f"no columns, or a column named twice: {columns!r}")
+
+
+def _refused(data: bytes, reason: str) -> list[tuple[str, str]]:
+    lines = data.split(b"\n")
+    if not lines[-1]:
+        lines.pop()
+    return [(line.decode(errors="surrogateescape"), reason) for line in lines]
 
 
 class Sink(Protocol):
@@ -43,10 +72,12 @@ def write_isolating(
     try:
         sink.write(columns, data, fresh=fresh)
         return []
+    except ColumnsRefused as exc:  # every line alike
+        return _refused(data, str(exc))
     except RowsRefused as exc:
         lines = data.splitlines(keepends=True)
         if len(lines) == 1:
-            return [(data.decode(errors="surrogateescape").rstrip("\n"), str(exc))]
+            return _refused(data, str(exc))
         half = len(lines) // 2
         return write_isolating(
             sink, columns, b"".join(lines[:half]), fresh=fresh
@@ -89,6 +120,7 @@ class PostgresSink:
     def write(self, columns: tuple[str, ...], data: bytes, *, fresh: bool = False) -> None:
         import psycopg
 
+        check_columns(columns)
         try:
             conn = self._connection()
             try:
@@ -97,9 +129,11 @@ class PostgresSink:
                 if not self.partitioned or "no partition" not in str(exc):
                     raise
                 conn.rollback()  # an old record (a replay): make its month's partition
-                partitions.ensure(conn, partitions.months_in(data, columns))
+                self._make_partitions(conn, columns, data)
                 self._insert(conn, columns, data, fresh)
             conn.commit()
+        except RowsRefused:
+            raise
         except (psycopg.DataError, psycopg.IntegrityError) as exc:
             if self.conn is not None:
                 self.conn.rollback()
@@ -107,6 +141,16 @@ class PostgresSink:
         except Exception:
             self.close()
             raise
+
+    @staticmethod
+    def _make_partitions(conn: Any, columns: tuple[str, ...], data: bytes) -> None:
+        """The partitions of the lines' months. PostgreSQL reads times that Python does not
+        (`infinity`, `epoch`) and some have no month a partition can bound: refused rows, not
+        an outage, or the batch would wait for ever."""
+        try:
+            partitions.ensure(conn, partitions.months_in(data, columns))
+        except ValueError as exc:
+            raise RowsRefused(f"created_at: no monthly partition can hold it ({exc})") from exc
 
     def _insert(self, conn: Any, columns: tuple[str, ...], data: bytes, fresh: bool) -> None:
         import psycopg
@@ -195,6 +239,7 @@ class SqlAlchemySink:
         from persistence.db import make_engine
         from persistence.models import Inference
 
+        check_columns(columns)
         values = self.rows(columns, data)
         if self.engine is None:
             self.engine = make_engine(self.url, pool_size=1)

@@ -8,6 +8,9 @@ writer thread reads them back from the oldest segment, and a segment is deleted 
 lines are in the database. `committed` holds the segment and offset written so far (not
 fsync'd: after a power loss it may lag, and a replay of rows already in is ignored by id).
 
+A segment whose tail holds a torn write that could not be cut off is retired: renamed to
+`<seq>-<end>.log` and never read past `end`; appends go on in a new segment.
+
 A directory whose lock can be taken belongs to a process that is gone: any worker replays it.
 """
 
@@ -30,6 +33,10 @@ HEADER = b"#columns"
 # cache usually drops them before writeback; 64 MiB is ~1.5 s of the batch route at full speed.
 SEGMENT_MAX_AGE = 1.0
 SEGMENT_MAX_BYTES = 64 << 20
+# A worker's directory is made under this prefix, locked, then renamed. Making it takes well
+# under a second, so one older than this belongs to a process that died making it.
+STAGING = ".new-"
+STAGING_GRACE = 60.0
 
 
 class LogUnavailable(RuntimeError):
@@ -66,6 +73,30 @@ def complete_lines(data: bytes) -> bytes:
     return data[: data.rfind(b"\n") + 1]
 
 
+def read_lines(fd: int, offset: int, end: int, max_bytes: int) -> bytes:
+    """Whole lines of the file from offset, up to about max_bytes (more when one line is
+    longer), never past end; empty when no newline lies before end."""
+    size = min(end - offset, max_bytes)
+    while True:
+        data = complete_lines(os.pread(fd, size, offset))
+        if data or offset + size >= end:
+            return data
+        size = min(size * 2, end - offset)
+
+
+def segment_name(seq: int, end: int | None = None) -> str:
+    return f"{seq:08d}.log" if end is None else f"{seq:08d}-{end}.log"
+
+
+def segment_files(directory: Path) -> list[tuple[int, int | None, Path]]:
+    """(seq, end of a retired segment or None, path) of a directory's segments, in order."""
+    found = []
+    for path in directory.glob("*.log"):
+        seq, _, end = path.stem.partition("-")
+        found.append((int(seq), int(end) if end else None, path))
+    return sorted(found)
+
+
 @dataclass
 class Segment:
     seq: int
@@ -76,6 +107,7 @@ class Segment:
     end: int  # bytes appended so far (always at a line end)
     committed: int  # bytes the database has
     opened: float = field(default_factory=time.monotonic)
+    retired: bool = False  # bytes past `end` are a torn write: no more appends
 
 
 class WriteAheadLog:
@@ -89,7 +121,7 @@ class WriteAheadLog:
         self.fsync = fsync
         owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         # Locked before it gets its final name, so no scanner ever sees it unlocked.
-        staging = root / f".new-{owner}"
+        staging = root / f"{STAGING}{owner}"
         staging.mkdir()
         self.lock_fd = os.open(staging / "lock", os.O_CREAT | os.O_RDWR, 0o600)
         fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -108,7 +140,7 @@ class WriteAheadLog:
             fsync_dir(root)
 
     def _open_segment(self, seq: int) -> Segment:
-        path = self.path / f"{seq:08d}.log"
+        path = self.path / segment_name(seq)
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_APPEND, 0o600)
         head = header(self.columns)
         try:
@@ -132,18 +164,51 @@ class WriteAheadLog:
             segment = self.active
             if segment is None:
                 raise LogUnavailable("the inference log is closed")
+            if segment.retired:
+                try:
+                    segment = self._next_segment(segment)
+                except OSError as exc:
+                    raise LogUnavailable(f"cannot start a write-ahead segment: {exc}") from exc
             try:
                 write_all(segment.fd, data)
             except OSError as exc:  # disk full, I/O error: no record, so no answer
-                try:  # and no half-written line for the next append to follow
-                    os.ftruncate(segment.fd, segment.end)
-                except OSError:
-                    log.exception("cannot cut a partial write from %s", segment.path)
+                self._cut(segment)  # and no half-written line for the next append to follow
                 raise LogUnavailable(f"cannot write the inference log: {exc}") from exc
             segment.end += len(data)
             self.position += len(data)
             self.appended_records += records
             return self.position
+
+    def _next_segment(self, old: Segment) -> Segment:
+        """Seal the active segment (on the disk first, in fsync mode) and open the next one;
+        with self.lock held."""
+        if self.fsync:
+            os.fdatasync(old.fd)
+            self.synced = self.position
+        self.active = self._open_segment(old.seq + 1)
+        return self.active
+
+    def _cut(self, segment: Segment) -> None:
+        """Remove a torn write from the segment's tail, or retire the segment at its end."""
+        try:
+            os.ftruncate(segment.fd, segment.end)
+            return
+        except OSError:
+            log.exception("cannot cut a torn write from %s; retiring it", segment.path)
+        segment.retired = True  # the next append opens a new segment
+        retired = segment.path.with_name(segment_name(segment.seq, segment.end))
+        try:  # so that a replay, after this process is gone, stops at the same byte
+            os.rename(segment.path, retired)
+            segment.path = retired
+            if self.fsync:
+                fsync_dir(self.path)
+        except OSError:
+            log.exception(
+                "cannot mark %s as retired: this worker reads it up to byte %d, but a replay"
+                " after it stops would read the torn write that follows",
+                segment.path,
+                segment.end,
+            )
 
     def sync(self, position: int) -> None:
         """Return once everything up to `position` is on the disk (group fsync: one fdatasync
@@ -175,12 +240,10 @@ class WriteAheadLog:
         for segment in list(self.segments):
             end = segment.end
             if segment.committed < end:
-                size = min(end - segment.committed, max_bytes)
-                while True:
-                    data = complete_lines(os.pread(segment.fd, size, segment.committed))
-                    if data or segment.committed + size >= end:
-                        return segment, data
-                    size *= 2  # one line longer than max_bytes
+                data = read_lines(segment.fd, segment.committed, end, max_bytes)
+                if not data:  # appends end on a newline: the file changed under us
+                    raise OSError(f"{segment.path}: no whole line before byte {end}")
+                return segment, data
             if segment is not self.active:
                 self._drop(segment)
         return None
@@ -205,14 +268,13 @@ class WriteAheadLog:
         aged = (
             active.committed > active.start and time.monotonic() - active.opened >= SEGMENT_MAX_AGE
         )
-        if not aged and active.end < SEGMENT_MAX_BYTES:
+        if not aged and active.end < SEGMENT_MAX_BYTES and not active.retired:
             return
         with self.lock:
+            if self.active is not active:  # sealed by close(), or replaced by an append
+                return
             try:
-                if self.fsync:
-                    os.fdatasync(active.fd)
-                    self.synced = self.position
-                self.active = self._open_segment(active.seq + 1)
+                self._next_segment(active)
             except OSError as exc:  # disk full: keep appending to this one, try again later
                 log.warning("cannot start a new write-ahead segment: %s", exc)
                 return
@@ -225,12 +287,17 @@ class WriteAheadLog:
         os.close(segment.fd)
         segment.path.unlink()
 
-    def close(self) -> bool:
-        """Stop appending; delete the directory if the database has every record (True)."""
+    def seal(self) -> None:
+        """Stop appending (appends raise LogUnavailable from now on)."""
         with self.lock:
             active, self.active = self.active, None
         if active is not None and self.fsync:
             os.fdatasync(active.fd)
+
+    def close(self) -> bool:
+        """Stop appending; delete the directory if the database has every record (True).
+        Only once the writer thread is done with the files."""
+        self.seal()
         done = self.backlog_bytes() == 0
         for segment in list(self.segments):
             os.close(segment.fd)
@@ -271,45 +338,87 @@ def lines_chunks(data: bytes, max_bytes: int) -> list[bytes]:
 Deliver = Callable[[tuple[str, ...], bytes], None]
 
 
-def replay_orphans(root: Path, own: Path | None, deliver: Deliver, max_bytes: int) -> int:
-    """Deliver the records left in dead workers' directories, then delete them; return how
-    many. Raises what `deliver` raises (the database is away): the rest waits for the next try.
+@dataclass
+class Replayed:
+    """What a replay delivered; `done` is False when it stopped at its byte budget."""
+
+    records: int = 0
+    bytes: int = 0
+    done: bool = True
+
+
+def replay_orphans(
+    root: Path, own: Path | None, deliver: Deliver, max_bytes: int, budget: int | None = None
+) -> Replayed:
+    """Deliver the records left in dead workers' directories, deleting each once delivered.
+    Stops after about `budget` bytes: the rest waits for the next call, which resumes at the
+    directory's marker. Raises what `deliver` raises (the database is away): the rest waits.
     """
-    done = 0
+    replayed = Replayed()
     if not root.is_dir():
-        return 0
+        return replayed
     for path in sorted(root.iterdir()):
         if path == own or not path.is_dir():
+            continue
+        if path.name.startswith(STAGING):
+            remove_if_abandoned(path)
             continue
         try:
             fd = os.open(path / "lock", os.O_RDWR)
         except FileNotFoundError:
-            if path.name.startswith(".new-"):  # died while creating it: it holds no record
-                shutil.rmtree(path, ignore_errors=True)
             continue
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue  # a live worker owns it, or another one is replaying it
-            n = replay_directory(path, deliver, max_bytes)
+            left = None if budget is None else budget - replayed.bytes
+            part = replay_directory(path, deliver, max_bytes, left)
+            replayed.records += part.records
+            replayed.bytes += part.bytes
+            if not part.done:
+                log.info("replayed %d records left by a stopped worker (%s); more to come",
+                         part.records, path.name)  # fmt: skip
+                replayed.done = False
+                return replayed
             shutil.rmtree(path, ignore_errors=True)
-            if n:
-                log.warning("replayed %d records left by a stopped worker (%s)", n, path.name)
-            done += n
+            if part.records:
+                log.warning("replayed %d records left by a stopped worker (%s)",
+                            part.records, path.name)  # fmt: skip
         finally:
             os.close(fd)
-    return done
+    return replayed
 
 
-def replay_directory(path: Path, deliver: Deliver, max_bytes: int) -> int:
-    """Deliver every line after the committed marker, recording progress as it goes."""
+def remove_if_abandoned(staging: Path) -> None:
+    """Delete a directory whose worker died while making it (it never holds a record); one
+    being made right now has no lock file yet, or an unlocked one: leave it alone."""
+    try:
+        if time.time() - staging.stat().st_mtime < STAGING_GRACE:
+            return
+        fd = os.open(staging / "lock", os.O_RDWR)
+    except FileNotFoundError:
+        shutil.rmtree(staging, ignore_errors=True)
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        shutil.rmtree(staging, ignore_errors=True)
+    except BlockingIOError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def replay_directory(
+    path: Path, deliver: Deliver, max_bytes: int, budget: int | None = None
+) -> Replayed:
+    """Deliver the lines after the committed marker, recording progress as it goes; stop
+    after about `budget` bytes."""
     seq0, offset0 = read_marker(path / "committed")
     marker_fd = os.open(path / "committed", os.O_CREAT | os.O_RDWR, 0o600)
-    total = 0
+    replayed = Replayed()
     try:
-        for segment in sorted(path.glob("*.log")):
-            seq = int(segment.stem)
+        for seq, limit, segment in segment_files(path):
             if seq < seq0:
                 continue
             with open(segment, "rb") as f:
@@ -318,20 +427,24 @@ def replay_directory(path: Path, deliver: Deliver, max_bytes: int) -> int:
                 except ValueError:  # died while creating it, before any record
                     continue
                 start = max(f.tell(), offset0) if seq == seq0 else f.tell()
-                f.seek(start)
-                data = f.read()
-            body = complete_lines(data)
-            if len(body) < len(data):  # cut short by the crash: its request was not answered
-                log.warning("%s/%s ends with %d bytes of a torn line; skipped",
-                            path.name, segment.name, len(data) - len(body))  # fmt: skip
-            for chunk in lines_chunks(body, max_bytes):
-                deliver(columns, chunk)
-                start += len(chunk)
-                os.pwrite(marker_fd, marker(seq, start), 0)
-                total += chunk.count(b"\n")
+                end = os.fstat(f.fileno()).st_size if limit is None else limit
+                while start < end:
+                    if budget is not None and replayed.bytes >= budget:
+                        replayed.done = False
+                        return replayed
+                    chunk = read_lines(f.fileno(), start, end, max_bytes)
+                    if not chunk:  # cut short by the crash: its request was not answered
+                        log.warning("%s/%s ends with %d bytes of a torn line; skipped",
+                                    path.name, segment.name, end - start)  # fmt: skip
+                        break
+                    deliver(columns, chunk)
+                    start += len(chunk)
+                    os.pwrite(marker_fd, marker(seq, start), 0)
+                    replayed.records += chunk.count(b"\n")
+                    replayed.bytes += len(chunk)
     finally:
         os.close(marker_fd)
-    return total
+    return replayed
 
 
 def orphaned_records(root: Path, own: Path | None) -> int:
@@ -348,15 +461,21 @@ def waiting_records(root: Path, *, exclude: Path | None = None, only_unowned: bo
         if path == exclude or not path.is_dir() or (only_unowned and not unowned(path)):
             continue
         seq0, offset0 = read_marker(path / "committed")
-        for segment in path.glob("*.log"):
-            seq = int(segment.stem)
+        for seq, limit, segment in segment_files(path):
             if seq < seq0:
                 continue
-            with open(segment, "rb") as f:
+            try:
+                f = open(segment, "rb")  # noqa: SIM115 - closed by the with below
+            except FileNotFoundError:  # written and deleted meanwhile
+                continue
+            with f:
                 f.readline()
                 if seq == seq0:
                     f.seek(max(f.tell(), offset0))
-                total += sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+                left = (os.fstat(f.fileno()).st_size if limit is None else limit) - f.tell()
+                while left > 0 and (data := f.read(min(left, 1 << 20))):
+                    total += data.count(b"\n")
+                    left -= len(data)
     return total
 
 

@@ -1,14 +1,17 @@
-"""A TCP proxy in front of PostgreSQL that a test can cut and restore, to simulate an outage."""
+"""A TCP proxy in front of PostgreSQL that a test can cut and restore, to simulate an outage,
+or slow down, to simulate a slow database (a synchronous replica, a network disk)."""
 
 import socket
 import threading
+import time
 
 from tests.helpers import free_port
 
 
 class TcpProxy:
-    def __init__(self, target: tuple[str, int] = ("127.0.0.1", 5432)) -> None:
+    def __init__(self, target: tuple[str, int] = ("127.0.0.1", 5432), delay: float = 0.0) -> None:
         self.target = target
+        self.delay = delay  # seconds added before each chunk the server sends back
         self.port = free_port()
         self.lock = threading.Lock()
         self.sockets: list[socket.socket] = []
@@ -51,13 +54,14 @@ class TcpProxy:
             upstream.settimeout(None)
             with self.lock:
                 self.sockets += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            for a, b, slow in ((client, upstream, False), (upstream, client, True)):
+                threading.Thread(target=self._pump, args=(a, b, slow), daemon=True).start()
 
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, slow: bool) -> None:
         try:
             while data := src.recv(65536):
+                if slow and self.delay:
+                    time.sleep(self.delay)
                 dst.sendall(data)
         except OSError:
             pass

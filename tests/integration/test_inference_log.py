@@ -178,8 +178,15 @@ def test_database_outage_loses_and_duplicates_nothing(
             t.start()
         time.sleep(1.5)
         proxy.cut()
-        wait_for(lambda: health(server)["inference_log"]["backlog_records"] > 0, 20, "backlog")
-        during = health(server)
+        during: dict[str, Any] = {}
+
+        def degraded() -> bool:
+            nonlocal during
+            during = health(server)
+            return during["status"] == "degraded" and during["inference_log"]["backlog_records"] > 0
+
+        # A writer learns of the outage at its next write: up to a flush interval after the cut.
+        wait_for(degraded, 20, "degraded, with a backlog")
         time.sleep(1.5)
         proxy.restore()
         time.sleep(1.5)
