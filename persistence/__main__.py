@@ -52,10 +52,8 @@ def not_in_database(settings: Settings, letters: DeadLetters) -> list[str]:
 ERASE_CAVEAT = (
     "note: this command reaches the database and this ATTRITION_DATA_DIR only. Records of other\n"
     "instances not yet in the database (write-ahead backlogs of an instance that could not reach\n"
-    "it, dead letters it could not move) arrive later: replays of stopped workers' files and dead\n"
-    "letters moved or retried are checked against this erasure and removed on arrival (see\n"
-    "late_copies in `erasures`); a running worker's own backlog is written as it is, so run\n"
-    "erase again once every instance's /health shows no backlog."
+    "it, dead letters it could not move) arrive later and are checked against this erasure on\n"
+    "arrival and removed (see late_copies in `erasures`); an instance whose check fails logs it."
 )
 
 

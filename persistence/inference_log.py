@@ -263,6 +263,10 @@ class InferenceLog:
                 return
             self.wal.committed(segment, len(data), n)
             budget -= len(data)
+            try:  # a record of someone erased while this one waited here (an outage)
+                self.tombstones.remove_late_copies(segment.columns, data)
+            except Exception as exc:  # noqa: BLE001 - written; the erasure's caveat covers it
+                log.warning("cannot check %d written records against erasures: %s", n, exc)
             self.metrics.written(written)
             # After every batch, not once drained: a writer falling behind never is.
             self.metrics.observe(

@@ -191,10 +191,10 @@ class Tombstones:
         """After `data` (COPY text lines) was written: delete its rows that an erasure made
         after them covers, and count them on that erasure. Returns how many went.
 
-        Called after replays of stopped workers' files. A writer's own live file can hold
-        such records too (its database was away while an erasure ran elsewhere); calling this
-        after each committed batch covers them, at the cost of one short transaction and a
-        parse of each line's keys per batch.
+        The writer calls it after each committed batch of its own file (its database may have
+        been away while an erasure ran elsewhere) and after replays of stopped workers' files:
+        one short transaction per batch, and a parse of each line's keys only when an erasure
+        is newer than one of the batch's records.
         """
         engine = self.engine
         if engine is None:

@@ -272,6 +272,26 @@ def test_a_replayed_record_made_before_its_erasure_is_removed_on_arrival(
     assert "late_copies=3" in cli(url, tmp_path / "pod-b", "erasures")
 
 
+def test_a_backlog_written_after_its_erasure_is_removed_on_arrival(
+    url: str, tmp_path: Path
+) -> None:
+    """A running worker's own backlog (its database away while the erasure ran elsewhere) is
+    written when the database comes back: what the erasure covers is deleted on arrival."""
+    from persistence.inference_log import InferenceLog, directory
+    from persistence.sinks import make_sink
+
+    made = datetime.now(UTC) - timedelta(minutes=5)
+    log = InferenceLog(make_sink(url), directory(tmp_path / "pod-c"), database_url=url)
+    log.append([record(i, employee_ref="E-9", created_at=made.isoformat()) for i in range(3)])
+    log.append([record(7, employee_ref="E-10", created_at=made.isoformat())])
+    cli(url, tmp_path / "pod-b", "erase", "--employee-ref", "E-9")  # the writer has not run yet
+    log.start()
+    assert log.close() is True
+    assert rows(url, "employee_ref = 'E-9'") == 0 and rows(url, "employee_ref = 'E-10'") == 1
+    [erasure] = erasure_records(url)
+    assert erasure["late_copies"] == 3
+
+
 def test_an_erasure_during_a_retry_is_not_undone(
     url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
