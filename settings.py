@@ -147,8 +147,12 @@ class Settings(BaseSettings):
     http_max_header_bytes: int = Field(32 * 1024, ge=4096)
     """Largest request line plus headers, in bytes; larger requests get 431 and are closed."""
 
-    http_header_timeout_seconds: float = Field(10.0, gt=0)
+    http_header_timeout_seconds: float = Field(10.0, gt=0, le=300)
     """Time a client has to send a request's complete headers; slower ones get 408 and are closed."""
+
+    http_body_timeout_seconds: float = Field(20.0, gt=0, le=300)
+    """Time a client has to send a request's whole body, from the end of its headers; slower ones
+    get 408 and are closed (a body of max_body_bytes at 4 MiB needs about 1.7 Mbit/s)."""
 
     log_enabled: bool = True
     """Record every prediction in the inference log (may be turned off only in dev_mode)."""
