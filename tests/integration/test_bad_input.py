@@ -29,6 +29,8 @@ def forged(raw: Any) -> str:
 
 
 ID = "00000000-0000-0000-0000-000000000000"
+# As the API writes one: a time with microseconds, 87 bytes of JSON, so no base64 padding.
+VALID = {"t": "2026-01-01T00:00:00.392825+00:00", "id": ID}
 BAD_QUERIES: dict[str, tuple[dict[str, str], str]] = {
     **{f"model_tag_{k}": ({"model_tag": v}, "model_tag") for k, v in UNSTORABLE.items()},
     **{f"subject_{k}": ({"subject": v}, "subject") for k, v in UNSTORABLE.items()},
@@ -59,6 +61,12 @@ BAD_QUERIES: dict[str, tuple[dict[str, str], str]] = {
     "cursor_nested": ({"cursor": base64.urlsafe_b64encode(b"[" * 140).decode()}, "cursor"),
     "cursor_nul_in_time": ({"cursor": forged({"t": "2026-01-01\x00", "id": ID})}, "cursor"),
     "cursor_not_base64": ({"cursor": "!!!"}, "cursor"),
+    # base64 decoding skips what is not in its alphabet: these decoded as the cursor they hold.
+    **{
+        f"cursor_{name}_inserted": ({"cursor": forged(VALID)[:8] + c + forged(VALID)[8:]}, "cursor")
+        for name, c in [("nul", "\x00"), ("space", " "), ("newline", "\n"), ("dot", ".")]
+    },
+    "cursor_padded": ({"cursor": forged(VALID) + "=="}, "cursor"),
     "cursor_not_json": ({"cursor": base64.urlsafe_b64encode(b"\xff\xfe").decode()}, "cursor"),
     "cursor_too_long": ({"cursor": "a" * 201}, "cursor"),
     "limit_zero": ({"limit": "0"}, "limit"),
