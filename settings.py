@@ -153,7 +153,7 @@ class Settings(BaseSettings):
 
     http_body_timeout_seconds: float = Field(20.0, gt=0, le=300)
     """Time a client has to send a request's whole body, from the end of its headers; slower ones
-    get 408 and are closed (a body of max_body_bytes at 4 MiB needs about 1.7 Mbit/s)."""
+    get 408 and are closed (a 4 MiB body, the default max_body_bytes, needs about 1.7 Mbit/s)."""
 
     log_enabled: bool = True
     """Record every prediction in the inference log (may be turned off only in dev_mode)."""
