@@ -35,6 +35,18 @@ MAX_MONITORING_EXTRA_BYTES = 150 * 1000 * 1000
 COMPILERS = "for t in cc gcc g++ make git; do command -v $t; done || true"
 
 
+def ready(url: str, deadline: float) -> bool:
+    """Whether the server at `url` answered /readyz with 200 before `deadline` (monotonic)."""
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
 class Container:
     def __init__(self, image: str, url: str, port: int, extra: tuple[str, ...] = ()) -> None:
         self.name = f"attrition-test-{uuid.uuid4().hex[:8]}"
@@ -49,15 +61,7 @@ class Container:
             "-e", f"BENTOML_PORT={port}", "-e", f"ATTRITION_DATABASE_URL={url}",
             "-e", f"ATTRITION_JWT_SECRET={TEST_SECRET}", *extra, image,
         )  # fmt: skip
-        deadline = started + 180
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        else:
+        if not ready(self.url, started + 180):
             raise AssertionError(f"not ready:\n{self.logs()}")
         self.start_seconds = time.monotonic() - started
         # CPU time it took, which contention does not stretch as it does the wall time.
@@ -156,14 +160,7 @@ def test_the_readmes_run_block_works_as_written(image: str, tmp_path: Path) -> N
                              capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
         assert out.returncode == 0, out.stdout + out.stderr
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        assert ready(url, time.monotonic() + 180), podman("logs", name, check=False)[-4000:]
         login = {"username": "alice", "password": "a-long-password"}
         r = httpx.post(f"{url}/auth/token", data=login, timeout=30)
         assert r.status_code == 200, r.text
