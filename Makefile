@@ -11,7 +11,7 @@ PORT ?= 3000
 # Tests use their own model store so they never touch (or depend on) yours.
 TEST_BENTOML_HOME ?= $(CURDIR)/build/bentoml-test
 
-.PHONY: help install train model migrate serve test test-fast lint build container bench loadtest report clean
+.PHONY: help install train model migrate serve serve-model test test-fast lint build container bench loadtest report clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -38,6 +38,10 @@ migrate: install ## Apply database migrations (ATTRITION_DATABASE_URL, default S
 serve: model ## Serve on http://localhost:$(PORT) (BentoML settings from configuration.yaml)
 	ATTRITION_DEV_MODE=$${ATTRITION_DEV_MODE:-true} BENTOML_CONFIG=configuration.yaml \
 		$(BIN)/bentoml serve service:AttritionService --port $(PORT)
+
+# Split topology: the model service alone; entry servers reach it through ATTRITION_MODEL_URL.
+serve-model: model ## Serve only the model service on http://localhost:$(PORT) (split topology)
+	BENTOML_CONFIG=configuration.yaml $(BIN)/bentoml serve service:AttritionModel --port $(PORT)
 
 test: install ## Run the whole suite (unit + integration against real servers)
 	BENTOML_HOME=$(TEST_BENTOML_HOME) $(BIN)/python -m pytest

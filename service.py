@@ -24,7 +24,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlmodel import Session
 
 from auth import http
-from auth.fastpath import UNEXPECTED, FastResponse, FastRoutes
+from auth.fastpath import DECLINE, UNEXPECTED, FastResponse, FastRoutes, traffic_timeout
 from auth.guard import RequestGuard
 from auth.login import PasswordGrant, Token
 from auth.middleware import JWTAuthMiddleware, Principal, Refusal
@@ -345,8 +345,9 @@ class AttritionService:
         FastRoutes.register(
             "/predict/attrition",
             self._fast_predict,
+            authorize=self._fast_authorize,
             max_body_bytes=settings.max_body_bytes,
-            timeout=AttritionService.config.get("traffic", {}).get("timeout"),  # type: ignore[attr-defined]
+            timeout=traffic_timeout(AttritionService.name),  # type: ignore[attr-defined]
         )
         self.drain = Drain(
             "AttritionService",
@@ -368,6 +369,7 @@ class AttritionService:
 
     @bentoml.on_shutdown
     def close(self) -> None:
+        FastRoutes.close()
         if self.log is not None:
             self.log.close()  # write what waits; what cannot be written is replayed at start
         self.password_grant.close()
@@ -444,12 +446,19 @@ class AttritionService:
         ctx.response.headers["X-Request-ID"] = answer[0]
         return answer
 
-    async def _fast_predict(self, scope: dict[str, Any], body: bytes) -> FastResponse | None:
-        """POST /predict/attrition without a query string, on the fast path (auth/fastpath.py):
-        None (the full stack answers) for anything but an authorized, valid request."""
-        principal = await self.auth.check(scope) if self.auth.enabled else None
-        if isinstance(principal, Refusal):
+    async def _fast_authorize(self, scope: dict[str, Any]) -> Any:
+        """The fast path's caller from the request's headers, or DECLINE for the full stack to
+        refuse (its body unread)."""
+        if not self.auth.enabled:
             return None
+        principal = await self.auth.check(scope)
+        return DECLINE if isinstance(principal, Refusal) else principal
+
+    async def _fast_predict(
+        self, scope: dict[str, Any], body: bytes, principal: Principal | None
+    ) -> FastResponse | None:
+        """POST /predict/attrition without a query string from an authorized caller, on the fast
+        path (auth/fastpath.py): None (the full stack answers) for anything but valid input."""
         try:
             employee = EmployeeInput.model_validate_json(body)
         except ValidationError:

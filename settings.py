@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     )
 
     dev_mode: bool = False
-    """Development mode: allows a generated JWT secret and disabling auth. Never in production."""
+    """Development mode: allows a generated JWT secret and the development-only switches (turning auth or the inference log off, more public paths). Never in production."""
 
     model_tag: str = "attrition:latest"
     """Model to serve from the BentoML model store; pin a version (attrition:abc123) in production."""
@@ -103,7 +103,8 @@ class Settings(BaseSettings):
     """Check bearer tokens on every non-public route (may be turned off only in dev_mode)."""
 
     public_paths: tuple[str, ...] = DEFAULT_PUBLIC_PATHS
-    """Exact paths served without a token (Swagger UI assets are always public)."""
+    """Exact paths served without a token (Swagger UI assets are always public); outside dev_mode
+    at most the defaults."""
 
     jwt_algorithm: Literal["HS256", "RS256", "ES256"] = "HS256"
     """The one algorithm accepted (RFC 8725 allowlist). RS256/ES256 verify with jwt_public_key_file."""
@@ -147,8 +148,12 @@ class Settings(BaseSettings):
     http_max_header_bytes: int = Field(32 * 1024, ge=4096)
     """Largest request line plus headers, in bytes; larger requests get 431 and are closed."""
 
-    http_header_timeout_seconds: float = Field(10.0, gt=0)
+    http_header_timeout_seconds: float = Field(10.0, gt=0, le=300)
     """Time a client has to send a request's complete headers; slower ones get 408 and are closed."""
+
+    http_body_timeout_seconds: float = Field(20.0, gt=0, le=300)
+    """Time a client has to send a request's whole body, from the end of its headers; slower ones
+    get 408 and are closed (a 4 MiB body, the default max_body_bytes, needs about 1.7 Mbit/s)."""
 
     log_enabled: bool = True
     """Record every prediction in the inference log (may be turned off only in dev_mode)."""
@@ -175,13 +180,11 @@ class Settings(BaseSettings):
         """These settings with a usable JWT key, or ValueError when they are unsafe.
 
         Called when the service starts and by the CLI, not at import, so `bentoml build` needs no
-        secret. Outside dev_mode a short or well-known secret is refused; in dev_mode one is
-        generated (and kept in data_dir so every worker shares it).
+        secret. Outside dev_mode a short or well-known secret and the development-only switches are
+        refused; in dev_mode a secret is generated (and kept in data_dir so every worker shares it).
         """
-        if not self.auth_enabled and not self.dev_mode:
-            raise ValueError(
-                "ATTRITION_AUTH_ENABLED=false is only allowed with ATTRITION_DEV_MODE=true"
-            )
+        if not self.dev_mode:
+            self.refuse_dev_only_switches()
         if self.jwt_algorithm != "HS256":
             if self.jwt_public_key_file is None:
                 raise ValueError(f"{self.jwt_algorithm} needs ATTRITION_JWT_PUBLIC_KEY_FILE")
@@ -197,6 +200,20 @@ class Settings(BaseSettings):
                 "or set ATTRITION_DEV_MODE=true for a generated development secret"
             )
         return self.model_copy(update={"jwt_secret": SecretStr(dev_secret(self.data_dir))})
+
+    def refuse_dev_only_switches(self) -> None:
+        """ValueError naming every switch that breaks a promise of the service (every route but
+        the public ones needs a token; every answered prediction has its record) when set."""
+        refused = []
+        if not self.auth_enabled:
+            refused.append("ATTRITION_AUTH_ENABLED=false (every route would answer anyone)")
+        if not self.log_enabled:
+            refused.append("ATTRITION_LOG_ENABLED=false (predictions would be answered unrecorded)")
+        extra = [p for p in self.public_paths if p not in DEFAULT_PUBLIC_PATHS]
+        if extra:  # e.g. /predict/history: everyone's records to anyone
+            refused.append(f"ATTRITION_PUBLIC_PATHS beyond the defaults ({', '.join(extra)})")
+        if refused:
+            raise ValueError(f"only allowed with ATTRITION_DEV_MODE=true: {'; '.join(refused)}")
 
     def for_minting(self) -> "Settings":
         """Settings for minting tokens outside the server (the CLI), or ValueError.

@@ -14,7 +14,9 @@ Anything out of the ordinary is *declined* and goes down the full stack unchange
 replayed: a query string, another content type, no Content-Length, a refused token, invalid
 input. So every refusal keeps exactly one implementation (the middlewares and BentoML's own
 400s), and the fast path only ever produces what the full stack would have produced for a
-valid request.
+valid request. The token is checked from the headers before any of the body is read (a refused
+one is declined unread, as the full stack refuses it), and the whole request runs within the
+service's effective `traffic.timeout`, as BentoML's TimeoutMiddleware runs the full stack.
 """
 
 import asyncio
@@ -43,8 +45,34 @@ class FastResponse:
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
 
-# scope, body -> the response, or None to decline (the full stack handles the request).
-Handler = Callable[[dict[str, Any], bytes], Awaitable[FastResponse | None]]
+# scope -> the caller, passed to the handler; or DECLINE: the full stack refuses the request
+# from its headers alone.
+Authorize = Callable[[dict[str, Any]], Awaitable[Any]]
+# scope, body, caller -> the response, or None to decline (the full stack handles the request).
+Handler = Callable[[dict[str, Any], bytes, Any], Awaitable[FastResponse | None]]
+DECLINE = object()
+
+
+async def anyone(scope: dict[str, Any]) -> None:
+    """An Authorize for routes without a token check."""
+    return None
+
+
+@dataclass(frozen=True)
+class FastRoute:
+    handler: Handler
+    authorize: Authorize = anyone
+
+
+def traffic_timeout(service: str) -> float | None:
+    """The service's effective `traffic.timeout`, where BentoML's ServiceAppFactory reads it for
+    the TimeoutMiddleware: the decorator's arguments merged with BENTOML_CONFIG and
+    BENTOML_CONFIG_OVERRIDES (the decorator alone holds only what it was given)."""
+    from bentoml._internal.container import BentoMLContainer
+
+    services = BentoMLContainer.config.services.get()
+    timeout: float | None = services.get(service, {}).get("traffic", {}).get("timeout")
+    return timeout
 
 
 @dataclass
@@ -75,7 +103,7 @@ class FastRoutes:
     """Registered POST handlers by exact path (one registry per worker process; the service
     registers its handlers when its instance is created)."""
 
-    handlers: dict[str, Handler] = {}
+    handlers: dict[str, FastRoute] = {}
     max_body_bytes: int = 1 << 20
     timeout: float | None = None
     access: AccessLogFormat | None = None
@@ -83,9 +111,15 @@ class FastRoutes:
 
     @classmethod
     def register(
-        cls, path: str, handler: Handler, *, max_body_bytes: int, timeout: float | None
+        cls,
+        path: str,
+        handler: Handler,
+        *,
+        authorize: Authorize = anyone,
+        max_body_bytes: int,
+        timeout: float | None,
     ) -> None:
-        cls.handlers[path] = handler
+        cls.handlers[path] = FastRoute(handler, authorize)
         cls.max_body_bytes = max_body_bytes
         cls.timeout = timeout
 
@@ -93,18 +127,26 @@ class FastRoutes:
     def clear(cls) -> None:
         cls.handlers = {}
 
+    @classmethod
+    def close(cls) -> None:
+        """Write the access-log lines still buffered. Call from the service's shutdown hook:
+        after a graceful shutdown uvicorn raises SIGTERM again with the default handler, and the
+        process ends without running atexit."""
+        if cls.access_writer is not None:
+            cls.access_writer.flush()
+
 
 def wrap(app: Any) -> Any:
     """`app` behind the fast path: what a handler declines (or no handler serves) goes to it."""
 
     async def dispatch(scope: Any, receive: Any, send: Any) -> None:
-        handler = (
+        route = (
             FastRoutes.handlers.get(scope["path"])
             if scope["type"] == "http" and scope["method"] == "POST"
             else None
         )
         if (
-            handler is None
+            route is None
             or scope.get("query_string")
             or not plain_json_body(scope["headers"], FastRoutes.max_body_bytes)
         ):
@@ -112,19 +154,12 @@ def wrap(app: Any) -> Any:
             return
         started = default_timer()
         messages: list[dict[str, Any]] = []
-        chunks: list[bytes] = []
-        while True:
-            message = await receive()
-            messages.append(message)
-            if message["type"] != "http.request":  # the client went away: not ours to judge
-                break
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        response = None
-        if messages[-1]["type"] == "http.request":
-            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            response = await _answer(handler, scope, body)
+        try:
+            async with asyncio.timeout(FastRoutes.timeout):
+                response = await _answer(route, scope, receive, messages)
+        except TimeoutError:  # BentoML's answer after its traffic timeout
+            msg = f'{{"error":"Not able to process the request in {FastRoutes.timeout} seconds"}}'
+            response = FastResponse(504, msg.encode())
         if response is None:
 
             async def replay() -> Any:
@@ -137,14 +172,25 @@ def wrap(app: Any) -> Any:
     return dispatch
 
 
-async def _answer(handler: Handler, scope: Any, body: bytes) -> FastResponse | None:
-    """The handler's answer, within BentoML's traffic timeout (504 with its body after it)."""
+async def _answer(
+    route: FastRoute, scope: Any, receive: Any, messages: list[dict[str, Any]]
+) -> FastResponse | None:
+    """The handler's answer, or None to decline (`messages`: what was read, for the replay)."""
     try:
-        async with asyncio.timeout(FastRoutes.timeout):
-            return await handler(scope, body)
-    except TimeoutError:
-        msg = f'{{"error":"Not able to process the request in {FastRoutes.timeout} seconds"}}'
-        return FastResponse(504, msg.encode())
+        caller = await route.authorize(scope)
+        if caller is DECLINE:
+            return None
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":  # the client went away: not ours to judge
+                return None
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return await route.handler(scope, body, caller)
     except Exception:  # as BentoML answers an exception in an API
         log.exception("%s %s failed", scope["method"], scope["path"])
         return FastResponse(500, UNEXPECTED)

@@ -3,6 +3,7 @@
 python -m loadtests.abuse lockout --backend sqlite,postgresql --bursts 10,20
 python -m loadtests.abuse flood --backend postgresql --duration 20 --flood-clients 24
 python -m loadtests.abuse headers
+python -m loadtests.abuse bodies --baseline main
 
 `lockout` fires each burst of wrong passwords at one fresh user at once, then the right
 password, and prints how many guesses were checked (400) before the lock (429). A wrong password
@@ -12,6 +13,9 @@ the check too.
 `/auth/token` calls for random usernames (no token needed; each is an Argon2 check).
 `headers` sends a 16 MiB header, holds 8 unfinished 32 MiB headers (entry worker memory), and
 opens 100 slowloris and 20 silent connections, then says what the server did with each.
+`bodies` opens connections per route whose body comes 1 byte/s and says when the server
+answered and closed each, with the defaults (configuration.yaml's traffic timeout included);
+with --baseline, that revision's server first.
 """
 
 import argparse
@@ -32,15 +36,18 @@ from typing import Any
 
 import httpx
 
-from loadtests.harness import Server, temporary_database
+from loadtests.harness import PROJECT_DIR, Server, temporary_database
 
 SECRET = "login-bench-secret-" + "l" * 40
 PASSWORD = "login-bench-password"
 
 
 @contextmanager
-def serve(backend: str, extra_env: dict[str, str]) -> Iterator[tuple[Server, str]]:
-    """A real server on a fresh database of the backend, with a `predict` user named bench."""
+def serve(
+    backend: str, extra_env: dict[str, str], cwd: Path = PROJECT_DIR
+) -> Iterator[tuple[Server, str]]:
+    """A real server (of the checkout in `cwd`) on a fresh database of the backend, with a user
+    named bench who may predict and record outcomes."""
     from sqlmodel import Session
 
     from auth.users import create_user
@@ -58,7 +65,9 @@ def serve(backend: str, extra_env: dict[str, str]) -> Iterator[tuple[Server, str
         with Session(engine) as session:
             create_user(
                 session=session,
-                user_in=UserCreate(username="bench", roles=["predict"], password=PASSWORD),
+                user_in=UserCreate(
+                    username="bench", roles=["predict", "outcomes"], password=PASSWORD
+                ),
             )
         engine.dispose()
         env = {
@@ -67,7 +76,7 @@ def serve(backend: str, extra_env: dict[str, str]) -> Iterator[tuple[Server, str
             "ATTRITION_DATA_DIR": str(tmp / "data"),
             **extra_env,
         }
-        server = Server("service:AttritionService", env, log=tmp / "serve.log")
+        server = Server("service:AttritionService", env, log=tmp / "serve.log", cwd=cwd)
         try:
             yield server, url
         finally:
@@ -357,6 +366,78 @@ def headers(args: argparse.Namespace) -> int:
     return 0
 
 
+TRICKLED_ROUTES = ("/predict/attrition", "/predict/attrition/batch", "/auth/token", "/outcomes")
+
+
+def trickled(server: Server, token: str, per_route: int, hold: float) -> dict[str, list[str]]:
+    """Per route, what happened to each connection whose 1,000-byte body came 1 byte/s:
+    "<status> at <s>, closed at <s>" from the end of its headers (or "open after <hold> s")."""
+    socks: dict[socket.socket, str] = {}
+    for path in TRICKLED_ROUTES:
+        kind = "application/x-www-form-urlencoded" if path == "/auth/token" else "application/json"
+        auth = "" if path == "/auth/token" else f"Authorization: Bearer {token}\r\n"
+        head = (f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: {kind}\r\n"
+                f"Content-Length: 1000\r\n{auth}\r\n").encode()  # fmt: skip
+        for _ in range(per_route):
+            sock = raw_connection(server)
+            send_quietly(sock, head)
+            socks[sock] = path
+    started = time.monotonic()
+    answers: dict[socket.socket, str] = {}
+    closed: dict[socket.socket, float] = {}
+    while len(closed) < len(socks) and time.monotonic() - started < hold:
+        open_ = [sock for sock in socks if sock not in closed]
+        for sock in open_:
+            send_quietly(sock, b" ")
+        readable, _, _ = select.select(open_, [], [], 1.0)
+        for sock in readable:
+            at = time.monotonic() - started
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                data = b""
+            if data and sock not in answers:
+                answers[sock] = f"{data.split(b' ', 2)[1].decode()} at {at:.1f}s"
+            if not data:
+                closed[sock] = at
+    outcome: dict[str, list[str]] = {path: [] for path in TRICKLED_ROUTES}
+    for sock, path in socks.items():
+        answer = answers.get(sock, "no answer")
+        end = f"closed at {closed[sock]:.1f}s" if sock in closed else f"open after {hold:.0f}s"
+        outcome[path].append(f"{answer}, {end}")
+        sock.close()
+    return outcome
+
+
+def bodies(args: argparse.Namespace) -> int:
+    """Trickled bodies on every route, for the baseline (if any) and this checkout."""
+    from loadtests.bench import checkout
+
+    builds = [("this checkout", PROJECT_DIR)]
+    if args.baseline:
+        work = Path(tempfile.mkdtemp(prefix="attrition-abuse-"))
+        builds.insert(0, (args.baseline, checkout(args.baseline, work)))
+    rows = []
+    for name, cwd in builds:
+        with serve(args.backend, {}, cwd) as (server, _):
+            token = httpx.post(
+                f"{server.url}/auth/token",
+                data={"username": "bench", "password": PASSWORD},
+                timeout=60,
+            ).json()["access_token"]
+            for path, seen in trickled(server, token, args.per_route, args.hold).items():
+                rows.append((name, path, seen))
+            alive = httpx.get(f"{server.url}/livez", timeout=30).status_code
+        print(f"{name}: /livez afterwards {alive}")
+    print(f"\n{args.per_route} connections per route, a 1,000-byte body sent 1 byte/s, watched "
+          f"for {args.hold:.0f}s; times from the end of the headers\n")  # fmt: skip
+    print("| build | route | what the server did |")
+    print("| --- | --- | --- |")
+    for name, path, seen in rows:
+        print(f"| {name} | `{path}` | {'; '.join(sorted(set(seen)))} |")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtests.abuse", description=__doc__)
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -378,9 +459,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=int, default=20, help="seconds per phase")
     p.add_argument("--clients", type=int, default=8, help="concurrent prediction clients")
     p.add_argument("--flood-clients", type=int, default=24)
+    p = sub.add_parser("bodies", help="request bodies sent 1 byte/s, on every route")
+    p.add_argument("--backend", default="postgresql", choices=["sqlite", "postgresql"])
+    p.add_argument("--per-route", type=int, default=3, help="connections per route")
+    p.add_argument("--hold", type=float, default=60, help="seconds to watch them")
+    p.add_argument("--baseline", help="a git revision to measure first (e.g. main)")
     args = parser.parse_args(argv)
     os.environ.setdefault("BENTOML_HOME", str(Path.home() / "bentoml"))
-    return {"lockout": lockout, "flood": flood, "headers": headers}[args.mode](args)
+    modes = {"lockout": lockout, "flood": flood, "headers": headers, "bodies": bodies}
+    return modes[args.mode](args)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 import base64
 import binascii
 import json
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated
@@ -38,8 +39,15 @@ def encode_cursor(record: Inference) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+# What encode_cursor writes: URL-safe base64 without padding. b64decode skips every other
+# character, so a cursor with a NUL or a space in it would otherwise decode as the original.
+CURSOR_TEXT = re.compile(r"[A-Za-z0-9_-]*")
+
+
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     """The (time, id) a cursor points after; BadCursor naming the problem for anything else."""
+    if not CURSOR_TEXT.fullmatch(cursor):
+        raise BadCursor("has characters a cursor never has (URL-safe base64 only)")
     try:
         raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         at, record_id = raw["t"], raw["id"]

@@ -133,7 +133,8 @@ GAUGES = (
 
 
 def monitoring_gauges(report: tuple[Any, dict[str, Any]] | None, now: Any) -> str:
-    """Prometheus text for the last monitoring report (created_at, summary); nothing without one.
+    """Prometheus text for the last monitoring report (created_at, summary); nothing without one,
+    and no gauge for a value the report does not have.
 
     Written as text at scrape time rather than as prometheus_client gauges: the values come
     from the database, are the same in every worker, and the age must be computed per scrape.
@@ -141,8 +142,10 @@ def monitoring_gauges(report: tuple[Any, dict[str, Any]] | None, now: Any) -> st
     if report is None:
         return ""
     created_at, summary = report
+    drift = summary.get("drift", {})
     values = (
-        summary.get("drift", {}).get("share_drifted"),
+        # No feature tested (too few rows): its share of 0.0 would read as "nothing drifted".
+        None if drift.get("features") == [] else drift.get("share_drifted"),
         summary.get("fairness", {}).get("lowest_ratio"),
         (now - created_at).total_seconds(),
     )

@@ -133,6 +133,7 @@ SERVER_ENV = {
     # Lockout counts must not depend on how fast this machine checks passwords: no 503s.
     "ATTRITION_LOGIN_WAIT_SECONDS": "60",
     "ATTRITION_HTTP_HEADER_TIMEOUT_SECONDS": "5",
+    "ATTRITION_HTTP_BODY_TIMEOUT_SECONDS": "5",
 }
 
 

@@ -1,10 +1,11 @@
-"""Settings refuse unsafe auth configuration outside development mode."""
+"""Settings refuse unsafe auth configuration and development-only switches outside development
+mode."""
 
 from pathlib import Path
 
 import pytest
 
-from settings import Settings
+from settings import DEFAULT_PUBLIC_PATHS, Settings
 
 
 @pytest.mark.parametrize("secret", [None, "short", "changeme", "x" * 31])
@@ -27,10 +28,37 @@ def test_dev_mode_generates_one_shared_secret(tmp_path: Path) -> None:
     assert (tmp_path / "dev-jwt-secret").stat().st_mode & 0o077 == 0
 
 
-def test_auth_can_be_disabled_only_in_dev_mode(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="DEV_MODE"):
-        Settings(auth_enabled=False, jwt_secret="k" * 40, data_dir=tmp_path).secured()
-    Settings(auth_enabled=False, dev_mode=True, data_dir=tmp_path).secured()
+# Switches that break a promise of the service: each refused outside development mode.
+DEV_ONLY = {
+    "auth_off": ({"auth_enabled": False}, "ATTRITION_AUTH_ENABLED=false"),
+    "log_off": ({"log_enabled": False}, "ATTRITION_LOG_ENABLED=false"),
+    "public_history": (
+        {"public_paths": (*DEFAULT_PUBLIC_PATHS, "/predict/history")},
+        "ATTRITION_PUBLIC_PATHS beyond the defaults (/predict/history)",
+    ),
+}
+
+
+@pytest.mark.parametrize("switch", DEV_ONLY)
+def test_dev_only_switches_are_refused_outside_dev_mode(switch: str, tmp_path: Path) -> None:
+    values, named = DEV_ONLY[switch]
+    with pytest.raises(ValueError, match="only allowed with ATTRITION_DEV_MODE=true") as refused:
+        Settings(jwt_secret="k" * 40, data_dir=tmp_path, **values).secured()
+    assert named in str(refused.value)
+    Settings(dev_mode=True, data_dir=tmp_path, **values).secured()
+
+
+def test_every_refused_switch_is_named_at_once(tmp_path: Path) -> None:
+    every = {k: v for values, _ in DEV_ONLY.values() for k, v in values.items()}
+    with pytest.raises(ValueError) as refused:
+        Settings(jwt_secret="k" * 40, data_dir=tmp_path, **every).secured()
+    assert all(named in str(refused.value) for _, named in DEV_ONLY.values())
+
+
+def test_fewer_public_paths_are_allowed(tmp_path: Path) -> None:
+    """Requiring a token on more routes (e.g. /metrics) weakens nothing."""
+    fewer = tuple(p for p in DEFAULT_PUBLIC_PATHS if p not in ("/metrics", "/docs.json"))
+    Settings(jwt_secret="k" * 40, data_dir=tmp_path, public_paths=fewer).secured()
 
 
 def test_asymmetric_algorithm_needs_a_public_key() -> None:

@@ -1,5 +1,6 @@
 """The fast path's dispatcher (auth/fastpath.py) as pure ASGI: what it takes, what it declines
-(with the body replayed whole to the full stack), and its timeout and failure answers."""
+(with the body replayed whole to the full stack, or unread when the caller is refused), and its
+timeout and failure answers."""
 
 import asyncio
 import io
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 from bentoml._internal.log import TRACED_LOG_FORMAT
 
-from auth.fastpath import BufferedAccessLog, FastResponse, FastRoutes, wrap
+from auth.fastpath import DECLINE, BufferedAccessLog, FastResponse, FastRoutes, wrap
 
 BODY = b'{"Age": 41}'
 
@@ -49,7 +50,14 @@ class Full:
         await send({"type": "http.response.body", "body": b"full"})
 
 
-def run(app: Any, scope: dict[str, Any], chunks: list[bytes] | None = None) -> list[dict[str, Any]]:
+def run(
+    app: Any,
+    scope: dict[str, Any],
+    chunks: list[bytes] | None = None,
+    reads: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Messages `app` sends for a request whose body comes in `chunks`; `reads` gets "read"
+    for each receive() call."""
     chunks = [BODY] if chunks is None else chunks
     incoming = [
         {"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
@@ -58,6 +66,8 @@ def run(app: Any, scope: dict[str, Any], chunks: list[bytes] | None = None) -> l
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
+        if reads is not None:
+            reads.append("read")
         return incoming.pop(0) if incoming else {"type": "http.disconnect"}
 
     async def send(message: dict[str, Any]) -> None:
@@ -72,7 +82,7 @@ def handled() -> Iterator[list[bytes]]:
     """A registered handler that answers bodies starting with '{' and declines the rest."""
     seen: list[bytes] = []
 
-    async def handler(scope: dict[str, Any], body: bytes) -> FastResponse | None:
+    async def handler(scope: dict[str, Any], body: bytes, caller: Any) -> FastResponse | None:
         seen.append(body)
         if not body.startswith(b"{"):
             return None
@@ -141,12 +151,47 @@ def test_parameters_on_the_content_type_are_still_json(handled: list[bytes]) -> 
     assert start["status"] == 200 and handled == [BODY]
 
 
+def test_the_caller_is_checked_before_the_body_is_read() -> None:
+    """A refused caller is declined with its body unread (the full stack refuses it from its
+    headers); an admitted one's identity reaches the handler with the body."""
+    seen: list[tuple[bytes, Any]] = []
+    order: list[str] = []
+
+    async def authorize(scope: dict[str, Any]) -> Any:
+        order.append("authorize")
+        token = dict(scope["headers"]).get(b"authorization")
+        return DECLINE if token is None else token.decode()
+
+    async def handler(scope: dict[str, Any], body: bytes, caller: Any) -> FastResponse | None:
+        seen.append((body, caller))
+        return FastResponse(200, b"{}")
+
+    class Refusing:
+        """A full stack that refuses from the headers, never reading the body."""
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            await send({"type": "http.response.start", "status": 401, "headers": []})
+            await send({"type": "http.response.body", "body": b"no"})
+
+    FastRoutes.register("/fast", handler, authorize=authorize, max_body_bytes=100, timeout=5)
+    try:
+        start, _ = run(wrap(Refusing()), scope(), reads=order)
+        assert start["status"] == 401 and order == ["authorize"] and seen == []
+        order.clear()
+        headers = [*scope()["headers"], (b"authorization", b"alice")]
+        start, _ = run(wrap(Refusing()), scope(headers=headers), reads=order)
+        assert start["status"] == 200 and order == ["authorize", "read"]
+        assert seen == [(BODY, "alice")]
+    finally:
+        FastRoutes.clear()
+
+
 def test_a_slow_handler_gets_bentomls_504_and_a_failing_one_its_500() -> None:
-    async def slow(scope: dict[str, Any], body: bytes) -> FastResponse | None:
+    async def slow(scope: dict[str, Any], body: bytes, caller: Any) -> FastResponse | None:
         await asyncio.sleep(5)
         return None
 
-    async def failing(scope: dict[str, Any], body: bytes) -> FastResponse | None:
+    async def failing(scope: dict[str, Any], body: bytes, caller: Any) -> FastResponse | None:
         raise RuntimeError("boom")
 
     try:
@@ -159,6 +204,35 @@ def test_a_slow_handler_gets_bentomls_504_and_a_failing_one_its_500() -> None:
         FastRoutes.register("/fast", failing, max_body_bytes=100, timeout=5)
         start, body = run(wrap(Full()), scope())
         assert start["status"] == 500 and "unexpected error" in json.loads(body["body"])["error"]
+    finally:
+        FastRoutes.clear()
+
+
+def test_the_timeout_covers_the_caller_check_and_the_body_too() -> None:
+    """As BentoML's TimeoutMiddleware times the whole request: a check of the caller that hangs
+    (its database away) or a body that never comes end in 504 too."""
+
+    async def hanging(scope: dict[str, Any]) -> Any:
+        await asyncio.sleep(5)
+
+    async def never(scope: dict[str, Any], body: bytes, caller: Any) -> FastResponse | None:
+        raise AssertionError("not reached")
+
+    async def silent() -> dict[str, Any]:
+        await asyncio.sleep(5)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    try:
+        FastRoutes.register("/fast", never, authorize=hanging, max_body_bytes=100, timeout=0.05)
+        start, _ = run(wrap(Full()), scope())
+        assert start["status"] == 504
+        FastRoutes.register("/fast", never, max_body_bytes=100, timeout=0.05)
+        sent: list[dict[str, Any]] = []
+        asyncio.run(wrap(Full())(scope(), silent, send))
+        assert sent[0]["status"] == 504
     finally:
         FastRoutes.clear()
 

@@ -1,5 +1,6 @@
 """Bad input to the FastAPI routes (history, login) on SQLite and PostgreSQL: 400 naming the field
-and the reason, never a 500, for whole classes of bad values."""
+and the reason, never a 500, for whole classes of bad values; every route's 400 in the same shape,
+naming no library and echoing no input."""
 
 import base64
 import json
@@ -28,6 +29,8 @@ def forged(raw: Any) -> str:
 
 
 ID = "00000000-0000-0000-0000-000000000000"
+# As the API writes one: a time with microseconds, 87 bytes of JSON, so no base64 padding.
+VALID = {"t": "2026-01-01T00:00:00.392825+00:00", "id": ID}
 BAD_QUERIES: dict[str, tuple[dict[str, str], str]] = {
     **{f"model_tag_{k}": ({"model_tag": v}, "model_tag") for k, v in UNSTORABLE.items()},
     **{f"subject_{k}": ({"subject": v}, "subject") for k, v in UNSTORABLE.items()},
@@ -58,6 +61,12 @@ BAD_QUERIES: dict[str, tuple[dict[str, str], str]] = {
     "cursor_nested": ({"cursor": base64.urlsafe_b64encode(b"[" * 140).decode()}, "cursor"),
     "cursor_nul_in_time": ({"cursor": forged({"t": "2026-01-01\x00", "id": ID})}, "cursor"),
     "cursor_not_base64": ({"cursor": "!!!"}, "cursor"),
+    # base64 decoding skips what is not in its alphabet: these decoded as the cursor they hold.
+    **{
+        f"cursor_{name}_inserted": ({"cursor": forged(VALID)[:8] + c + forged(VALID)[8:]}, "cursor")
+        for name, c in [("nul", "\x00"), ("space", " "), ("newline", "\n"), ("dot", ".")]
+    },
+    "cursor_padded": ({"cursor": forged(VALID) + "=="}, "cursor"),
     "cursor_not_json": ({"cursor": base64.urlsafe_b64encode(b"\xff\xfe").decode()}, "cursor"),
     "cursor_too_long": ({"cursor": "a" * 201}, "cursor"),
     "limit_zero": ({"limit": "0"}, "limit"),
@@ -185,3 +194,36 @@ def test_two_content_type_headers_on_prediction_routes_are_refused(backend_stack
             )
             assert r.status_code == 400, r.text
             assert r.json()["detail"][0]["loc"] == ["header", "Content-Type"]
+
+
+SECRET = "do-not-echo-4711"
+ROW = employee_rows(1)[0]
+# Every kind of route that answers 400 to a malformed body or query, each with the value above
+# where a value can be wrong.
+BAD_REQUESTS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "fast_path_field": ("POST", "/predict/attrition", {"json": {**ROW, "Gender": SECRET}}),
+    "fast_path_json": ("POST", "/predict/attrition", {"content": b'{"Age": ', "headers": {"content-type": "application/json"}}),
+    "explain_field": ("POST", "/predict/attrition?explain=true", {"json": {**ROW, "Age": SECRET}}),
+    "query": ("POST", f"/predict/attrition?top_k={SECRET}", {"json": ROW}),
+    "batch_row": ("POST", "/predict/attrition/batch", {"json": {"employees": [ROW, {**ROW, "OverTime": SECRET}]}}),
+    "batch_empty": ("POST", "/predict/attrition/batch", {"json": {"employees": []}}),
+    "what_if_change": ("POST", "/predict/attrition/what-if", {"json": {"employee": ROW, "scenarios": [{"changes": {"Age": SECRET}}]}}),
+    "outcomes": ("POST", "/outcomes", {"json": {"outcomes": [{"inference_id": SECRET, "outcome": "left", "observed_at": "2026-01-01T00:00:00Z"}]}}),
+    "login": ("POST", "/auth/token", {"data": {"username": "a\x00" + SECRET, "password": SECRET}}),
+    "history": ("GET", "/predict/history", {"params": {"since": SECRET}}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS, ids=list(BAD_REQUESTS))
+def test_every_400_is_the_documented_shape_naming_no_library(stack: Stack, case: str) -> None:
+    """{"error", "detail": [{loc, msg, type}]}: no pydantic `url` (it names the library and its
+    version), no `input` or `ctx`, and the submitted value nowhere."""
+    method, path, given = BAD_REQUESTS[case]
+    request = dict(given)
+    headers = {**stack.headers("admin"), **request.pop("headers", {})}
+    r = httpx.request(method, f"{stack.server.url}{path}", headers=headers, timeout=30, **request)
+    assert r.status_code == 400, r.text
+    body = r.json()
+    assert body["detail"] and all(set(item) == {"loc", "msg", "type"} for item in body["detail"])
+    assert "pydantic" not in r.text.lower() and SECRET not in r.text, r.text
+    assert int(r.headers["content-length"]) == len(r.content)

@@ -1,10 +1,12 @@
 """The OCI images (make container), run with podman against the real PostgreSQL: the service
 starts from environment variables alone, non-root, no compilers, <= 900 MB; token, prediction,
-log row; SIGTERM (`podman stop`) under load costs no 5xx and loses no row. The monitoring image
+log row; the README's run block works as written; SIGTERM (`podman stop`) under load costs no 5xx
+and loses no row. The monitoring image
 runs the CronJob's command as its manifest says (podman kube play ignores CronJobs) and stores
 the report's summary."""
 
 import json
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,11 +19,12 @@ import httpx
 import psycopg
 import pytest
 
-from loadtests.harness import free_port, inference_rows
+from loadtests.harness import PG_ADMIN, free_port, inference_rows
 from persistence import partitions
 from tests.conftest import PASSWORD, TEST_SECRET, PostgresDatabases, seed_users
-from tests.helpers import employee_rows, rendered
+from tests.helpers import PROJECT_DIR, employee_rows, rendered
 from tests.integration.containers import podman
+from tests.integration.test_readme_cli import readme_block
 from tests.integration.traffic import Traffic
 
 pytestmark = pytest.mark.integration
@@ -30,6 +33,18 @@ MAX_IMAGE_BYTES = 900 * 1000 * 1000
 # What the monitoring image adds to the service image (the monitoring extra): 97 MB measured.
 MAX_MONITORING_EXTRA_BYTES = 150 * 1000 * 1000
 COMPILERS = "for t in cc gcc g++ make git; do command -v $t; done || true"
+
+
+def ready(url: str, deadline: float) -> bool:
+    """Whether the server at `url` answered /readyz with 200 before `deadline` (monotonic)."""
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    return False
 
 
 class Container:
@@ -46,15 +61,7 @@ class Container:
             "-e", f"BENTOML_PORT={port}", "-e", f"ATTRITION_DATABASE_URL={url}",
             "-e", f"ATTRITION_JWT_SECRET={TEST_SECRET}", *extra, image,
         )  # fmt: skip
-        deadline = started + 180
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        else:
+        if not ready(self.url, started + 180):
             raise AssertionError(f"not ready:\n{self.logs()}")
         self.start_seconds = time.monotonic() - started
         # CPU time it took, which contention does not stretch as it does the wall time.
@@ -129,6 +136,43 @@ def test_image_runs_from_environment_alone_and_serves(
     r = httpx.post(f"{ctr.url}/predict/attrition", json=row, headers=headers, timeout=30)
     assert r.status_code == 200, r.text
     wait_for_rows(url, logged + 1)
+
+
+def test_the_readmes_run_block_works_as_written(image: str, tmp_path: Path) -> None:
+    """The block in a shell with nothing but PATH and HOME (no CONTAINERS_CONF), from the project
+    folder after `make container`; only the names and the port are the test's own. Then the user
+    it creates gets a token and a prediction."""
+    name, db, port = f"attrition-readme-{uuid.uuid4().hex[:8]}", f"attrition_readme_{uuid.uuid4().hex[:8]}", free_port()  # fmt: skip
+    script = readme_block("podman run -d --name attrition ")
+    for old, new in [
+        ("--name attrition ", f"--name {name} "),
+        ("attrition-data:", f"{name}-data:"),
+        ("BENTOML_PORT=3000", f"BENTOML_PORT={port}"),
+        ("-U postgres attrition\n", f"-U postgres {db}\n"),
+        ("5432/attrition ", f"5432/{db} "),
+        ("/bento/src attrition python", f"/bento/src {name} python"),
+    ]:
+        assert script.count(old) == 1, old
+        script = script.replace(old, new)
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path)}
+    try:
+        out = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=PROJECT_DIR, env=env,
+                             capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+        assert out.returncode == 0, out.stdout + out.stderr
+        url = f"http://127.0.0.1:{port}"
+        assert ready(url, time.monotonic() + 180), podman("logs", name, check=False)[-4000:]
+        login = {"username": "alice", "password": "a-long-password"}
+        r = httpx.post(f"{url}/auth/token", data=login, timeout=30)
+        assert r.status_code == 200, r.text
+        headers = {"Authorization": f"Bearer {r.json()['access_token']}"}
+        r = httpx.post(f"{url}/predict/attrition", json=employee_rows(1)[0], headers=headers,
+                       timeout=30)  # fmt: skip
+        assert r.status_code == 200, r.text
+    finally:
+        podman("rm", "-f", "-t", "5", name, check=False)
+        podman("volume", "rm", "-f", f"{name}-data", check=False)
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
 
 
 def test_podman_stop_under_load_costs_no_error_and_no_row(

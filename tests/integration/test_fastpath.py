@@ -1,8 +1,9 @@
 """The fast path of POST /predict/attrition (auth/fastpath.py) against BentoML's full stack, on a
-real server: the same answer, headers, access-log line, metrics and log record; and everything
-unusual still answered by the full stack."""
+real server: the same answer, headers, access-log line, metrics and log record; everything
+unusual still answered by the full stack; a refused caller answered before any body is read."""
 
 import re
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 
 from tests.conftest import Stack
 from tests.helpers import employee_rows
+from tests.integration.test_http_limits import BODY_TIMEOUT, body_pending, one_response, status
 from tests.integration.test_inference_log import rows_for, wait_for
 
 pytestmark = pytest.mark.integration
@@ -128,3 +130,33 @@ def test_what_the_fast_path_declines_the_full_stack_answers(
         assert r.json()["detail"], r.text  # the field and the reason, as ever
     time.sleep(0.2)
     assert fast_count(client) == before
+
+
+@pytest.mark.parametrize(
+    ("caller", "expected"), [("none", 401), ("forged", 401), ("historian", 403)]
+)
+def test_a_refused_caller_is_answered_from_the_headers_before_any_body(
+    stack: Stack, caller: str, expected: int
+) -> None:
+    """Headers announcing a body of the size limit, and no body: the refusal comes at once
+    (the fast path used to wait for all of it before looking at the token)."""
+    head = body_pending(stack, ROUTE, stack.settings.max_body_bytes)
+    token = stack.headers("admin")["Authorization"].encode()
+    if caller == "none":
+        head = head.replace(b"Authorization: " + token + b"\r\n", b"")
+    else:
+        replacement = (
+            b"Bearer x.y.z"
+            if caller == "forged"
+            else stack.headers(caller)["Authorization"].encode()
+        )
+        head = head.replace(token, replacement)
+    with socket.create_connection(
+        ("127.0.0.1", stack.server.port), timeout=BODY_TIMEOUT * 2
+    ) as sock:
+        started = time.monotonic()
+        sock.sendall(head)
+        raw = one_response(sock)
+        waited = time.monotonic() - started
+    assert status(raw) == expected, raw[:300]
+    assert waited < BODY_TIMEOUT / 2, f"answered after {waited:.1f}s"

@@ -1,20 +1,24 @@
-"""HTTP limits of a real server: header size (431) and read time (408) in every worker's uvicorn,
-/metrics labels by route, no library versions in the public OpenAPI document."""
+"""HTTP limits of a real server: header size (431), header and body read time (408) in every
+worker's uvicorn, /metrics labels by route, no library versions in the public OpenAPI document."""
 
+import json
 import select
 import socket
 import time
+from collections import Counter
 from importlib.metadata import version
 
 import httpx
 import pytest
 
 from tests.conftest import Stack
+from tests.helpers import employee_rows
 
 pytestmark = pytest.mark.integration
 
 HEADER_LIMIT = 32 * 1024  # ATTRITION_HTTP_MAX_HEADER_BYTES default
 HEADER_TIMEOUT = 5  # ATTRITION_HTTP_HEADER_TIMEOUT_SECONDS of the test servers
+BODY_TIMEOUT = 5  # ATTRITION_HTTP_BODY_TIMEOUT_SECONDS of the test servers
 
 
 def connect(stack: Stack) -> socket.socket:
@@ -120,6 +124,105 @@ def test_slow_or_silent_clients_are_cut_off_after_the_header_timeout(stack: Stac
     cut_off = [at for at, _ in closed.values()]
     assert HEADER_TIMEOUT - 1 <= min(cut_off) and max(cut_off) <= HEADER_TIMEOUT * 3, cut_off
     assert set(silent_answers) == {408}
+
+
+def body_pending(stack: Stack, path: str, length: int = 1000) -> bytes:
+    """A request's line and headers, as its route's callers send them, announcing `length`
+    bytes of body."""
+    if path == "/auth/token":
+        kind, auth = b"application/x-www-form-urlencoded", b""
+    else:
+        kind = b"application/json"
+        auth = b"Authorization: " + stack.headers("admin")["Authorization"].encode() + b"\r\n"
+    return (b"POST " + path.encode() + b" HTTP/1.1\r\nHost: t\r\nContent-Type: " + kind
+            + b"\r\nContent-Length: %d\r\n" % length + auth + b"\r\n")  # fmt: skip
+
+
+TRICKLED_ROUTES = ("/predict/attrition", "/predict/attrition/batch", "/auth/token", "/outcomes")
+
+
+def answered(stack: Stack) -> Counter[tuple[str, str]]:
+    """Requests answered so far by (route, status), from BentoML's request metrics."""
+    found: Counter[tuple[str, str]] = Counter()
+    for line in httpx.get(f"{stack.server.url}/metrics", timeout=30).text.splitlines():
+        if line.startswith("bentoml_service_request_total{"):
+            route = line.split('endpoint="', 1)[1].split('"', 1)[0]
+            code = line.split('http_response_code="', 1)[1].split('"', 1)[0]
+            found[(route, code)] += int(float(line.split()[-1]))
+    return found
+
+
+def test_bodies_trickled_at_one_byte_a_second_are_cut_off_on_every_route(stack: Stack) -> None:
+    """Three connections per route whose bodies come 1 byte/s get 408 and are closed once the
+    body timeout passes; the service answers others meanwhile, and counts them as 408s (not as
+    500s of an application that lost its client)."""
+    before = answered(stack)
+    socks = {connect(stack): path for path in TRICKLED_ROUTES for _ in range(3)}
+    for sock, path in socks.items():
+        send_all(sock, body_pending(stack, path))
+    started = time.monotonic()
+    closed: dict[socket.socket, tuple[float, int]] = {}
+    while len(closed) < len(socks) and time.monotonic() - started < BODY_TIMEOUT * 4:
+        assert httpx.get(f"{stack.server.url}/livez", timeout=10).status_code == 200
+        still_open = [sock for sock in socks if sock not in closed]
+        for sock in still_open:
+            send_all(sock, b" ")
+        readable, _, _ = select.select(still_open, [], [], 1.0)
+        for sock in readable:  # the server answered: read up to its close
+            closed[sock] = (time.monotonic() - started, status(answer(sock)))
+    for sock in socks:
+        sock.close()
+    by_route = {path: sorted(at for s, (at, _) in closed.items() if socks[s] == path)
+                for path in TRICKLED_ROUTES}  # fmt: skip
+    print(f"trickled bodies cut off after (s): {by_route}")
+    assert len(closed) == len(socks), f"still open: {by_route}"
+    assert {code for _, code in closed.values()} == {408}
+    cut_off = [at for at, _ in closed.values()]
+    assert BODY_TIMEOUT - 1 <= min(cut_off) and max(cut_off) <= BODY_TIMEOUT * 3, by_route
+    want = {(path, "408"): 3 for path in TRICKLED_ROUTES}
+    deadline = time.monotonic() + 10
+    while True:  # each worker writes its metrics as its application unwinds
+        counted = {k: v for k, v in (answered(stack) - before).items() if k[0] in TRICKLED_ROUTES}
+        if counted == want or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert counted == want
+    assert "ClientDisconnect" not in stack.server.log()
+
+
+def test_a_body_still_coming_after_the_answer_is_cut_off_too(stack: Stack) -> None:
+    """A 401 sent before the body (no token needed to refuse) leaves no connection open for the
+    rest of the body."""
+    with connect(stack) as sock:
+        send_all(
+            sock, body_pending(stack, "/predict/attrition/batch").replace(b"Authorization", b"X-No")
+        )
+        assert status(one_response(sock)) == 401
+        started = time.monotonic()
+        sock.settimeout(BODY_TIMEOUT * 3)
+        while True:
+            send_all(sock, b" ")
+            readable, _, _ = select.select([sock], [], [], 1.0)
+            if readable:
+                try:
+                    assert sock.recv(65536) == b"", "nothing but the close"
+                except ConnectionResetError:  # closed with our bytes unread: a close too
+                    pass
+                break
+            assert time.monotonic() - started < BODY_TIMEOUT * 3, "still open"
+    assert time.monotonic() - started <= BODY_TIMEOUT * 3
+
+
+def test_a_body_sent_in_pieces_in_time_is_served(stack: Stack) -> None:
+    """The timeout is for the whole body: one sent in 20 pieces within it is answered."""
+    body = json.dumps({"employees": employee_rows(5)}).encode()
+    step = -(-len(body) // 20)
+    with connect(stack) as sock:
+        send_all(sock, body_pending(stack, "/predict/attrition/batch", len(body)))
+        for i in range(0, len(body), step):
+            send_all(sock, body[i : i + step])
+            time.sleep(BODY_TIMEOUT / 40)
+        assert status(one_response(sock)) == 200
 
 
 def endpoint_labels(stack: Stack) -> set[str]:

@@ -1,6 +1,7 @@
 """SIGTERM under load on a bare `bentoml serve`: readiness false at once, no 5xx, every request
-sent before the signal answered 200, and every 200 has its inference-log row."""
+sent before the signal answered 200, and every 200 has its inference-log row and access-log line."""
 
+import re
 import signal
 import time
 from pathlib import Path
@@ -75,8 +76,11 @@ def test_sigterm_under_load_answers_everything_it_accepted(
     in_flight = [o for o in before if o.done > signalled]
     assert in_flight, "no request was in flight at the signal"
     ok = traffic.ok_ids()
-    # The server has exited: its shutdown flushed every buffered record.
+    # The server has exited: its shutdown flushed every buffered record...
     assert inference_rows(url) == len(ok)
+    # ...and every buffered access-log line of the fast path.
+    lines = re.findall(r"path=/predict/attrition,[^)]*\) \(status=200", server.log_path.read_text())
+    assert len(lines) == len(ok), f"{len(ok)} answered 200, {len(lines)} access-log lines"
     if delay:
         not_ready = [t for t, status in readiness if status != 200]
         assert not_ready and not_ready[0] - signalled < 0.5, readiness[:5]

@@ -3,13 +3,16 @@
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import pandas as pd
 from sqlmodel import Session
 
+from monitoring.drift import MIN_ROWS, drift
 from persistence.db import make_engine
 from persistence.metrics import monitoring_gauges
 from persistence.models import Inference
 from persistence.reports import latest_report, read_log, save_report
 from tests.persistence.conftest import partitions_for
+from training.schema import CATEGORICAL, NUMERIC
 
 T0 = datetime(2027, 1, 10, tzinfo=UTC)
 
@@ -50,3 +53,14 @@ def test_the_latest_summary_is_served_and_becomes_gauges(url: str) -> None:
     assert "attrition_monitoring_min_selection_ratio 0.75\n" in text
     assert "attrition_monitoring_report_age_seconds 90.0\n" in text
     assert monitoring_gauges(None, T0) == ""
+
+
+def test_a_report_that_ran_no_drift_test_has_no_drift_gauge() -> None:
+    """Fewer rows than the drift test needs: no share at all, rather than 0.0 ("no drift")."""
+    few = drift(pd.DataFrame(), pd.DataFrame(index=range(MIN_ROWS - 1)),
+                numeric=NUMERIC, categorical=CATEGORICAL)  # fmt: skip
+    summary = {"drift": few.summary(), "fairness": {"lowest_ratio": 0.9}}
+    text = monitoring_gauges((T0, summary), T0 + timedelta(seconds=5))
+    assert "attrition_monitoring_drift_share" not in text
+    assert "attrition_monitoring_min_selection_ratio 0.9\n" in text
+    assert "attrition_monitoring_report_age_seconds 5.0\n" in text
