@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlmodel import Session
 
 from auth import http
@@ -327,7 +328,9 @@ class AttritionService:
         self.threshold = float(self.metadata["threshold"])
         # Secured here, not at import, so `bentoml build` needs no secret.
         self.settings = settings.secured()
-        self.engine = make_engine(settings.sqlalchemy_url)  # one per worker process
+        self.engine = make_engine(  # one per worker process
+            settings.sqlalchemy_url, statement_timeout=settings.db_statement_timeout_seconds
+        )
         self.password_grant = PasswordGrant(self.engine, self.settings)
         self.coalescer = Coalescer(
             self._score, max_items=settings.runner_max_batch_size, lanes=settings.entry_batch_lanes
@@ -791,5 +794,6 @@ def model_card_html(svc: AttritionService = Depends(bentoml.get_current_service)
 
 
 @api.exception_handler(OperationalError)
-async def database_unavailable(_: Request, exc: OperationalError) -> JSONResponse:
+@api.exception_handler(PoolTimeout)  # every connection busy (or stuck on a silent database)
+async def database_unavailable(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": "database unavailable; try again shortly"}, status_code=503)

@@ -171,6 +171,9 @@ class Settings(BaseSettings):
     user_cache_seconds: float = Field(5.0, ge=0)
     """How long a worker trusts a user's active flag and roles before reading them again."""
 
+    db_statement_timeout_seconds: float = Field(30.0, gt=0)
+    """Longest database statement of a request (history, outcomes, login); the CLI and batch jobs have none."""
+
     def secured(self) -> "Settings":
         """These settings with a usable JWT key, or ValueError when they are unsafe.
 
