@@ -7,11 +7,11 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, cast
 from urllib.parse import parse_qsl
 
-import anyio
 import bentoml
 import numpy as np
 import pandas as pd
@@ -614,16 +614,28 @@ AttritionService.add_asgi_middleware(RequestGuard, max_bytes=settings.max_body_b
 AttritionService.add_asgi_middleware(JWTAuthMiddleware, settings=settings)  # type: ignore[attr-defined]
 
 
+# /health's file reads (the inference log's counts) on a thread of their own, never queued
+# behind route handlers that wait on the database in the shared pool.
+HEALTH_READS = ThreadPoolExecutor(1, "health")
+
+
 @api.get("/health")
 async def health(svc: AttritionService = Depends(bentoml.get_current_service)) -> dict[str, Any]:
-    """Liveness with the served model, uptime and the inference log's state."""
+    """Liveness with the served model, uptime, and the state of the database and of the
+    inference log: `degraded` when either is not ok. Never waits on the database longer than
+    ATTRITION_USER_LOOKUP_SECONDS."""
+    database = await svc.auth.users.database()
     logging_state = (
-        await anyio.to_thread.run_sync(svc.log.state) if svc.log is not None else {"state": "off"}
+        await asyncio.get_running_loop().run_in_executor(HEALTH_READS, svc.log.state)
+        if svc.log is not None
+        else {"state": "off"}
     )
+    healthy = database == "ok" and logging_state["state"] in ("ok", "off")
     return {
-        "status": "ok" if logging_state["state"] in ("ok", "off") else "degraded",
+        "status": "ok" if healthy else "degraded",
         "model_tag": MODEL_TAG,
         "uptime_seconds": round(time.monotonic() - svc.started, 1),
+        "database": database,
         "inference_log": logging_state,
     }
 
