@@ -295,7 +295,7 @@ class UserDirectory:
             return
         with self._lock:
             current = self._cache.get(key)
-            # A read started later, or a fallback after it, knows better; a fallback does not.
+            # Only a verified read that started after this one knows better.
             if current is None or current.at <= flight.started or not current.verified:
                 self._cache[key] = Entry(flight.started, flight.future.result())
 
