@@ -7,11 +7,11 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, cast
 from urllib.parse import parse_qsl
 
-import anyio
 import bentoml
 import numpy as np
 import pandas as pd
@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlmodel import Session
 
 from auth import http
@@ -321,7 +322,9 @@ class AttritionService:
         self.threshold = float(self.metadata["threshold"])
         # Secured here, not at import, so `bentoml build` needs no secret.
         self.settings = settings.secured()
-        self.engine = make_engine(settings.sqlalchemy_url)  # one per worker process
+        self.engine = make_engine(  # one per worker process
+            settings.sqlalchemy_url, statement_timeout=settings.db_statement_timeout_seconds
+        )
         self.password_grant = PasswordGrant(self.engine, self.settings)
         self.coalescer = Coalescer(
             self._score, max_items=settings.runner_max_batch_size, lanes=settings.entry_batch_lanes
@@ -620,16 +623,28 @@ AttritionService.add_asgi_middleware(RequestGuard, max_bytes=settings.max_body_b
 AttritionService.add_asgi_middleware(JWTAuthMiddleware, settings=settings)  # type: ignore[attr-defined]
 
 
+# /health's file reads (the inference log's counts) on a thread of their own, never queued
+# behind route handlers that wait on the database in the shared pool.
+HEALTH_READS = ThreadPoolExecutor(1, "health")
+
+
 @api.get("/health")
 async def health(svc: AttritionService = Depends(bentoml.get_current_service)) -> dict[str, Any]:
-    """Liveness with the served model, uptime and the inference log's state."""
+    """Liveness with the served model, uptime, and the state of the database and of the
+    inference log: `degraded` when either is not ok. Never waits on the database longer than
+    ATTRITION_USER_LOOKUP_SECONDS."""
+    database = await svc.auth.users.database()
     logging_state = (
-        await anyio.to_thread.run_sync(svc.log.state) if svc.log is not None else {"state": "off"}
+        await asyncio.get_running_loop().run_in_executor(HEALTH_READS, svc.log.state)
+        if svc.log is not None
+        else {"state": "off"}
     )
+    healthy = database == "ok" and logging_state["state"] in ("ok", "off")
     return {
-        "status": "ok" if logging_state["state"] in ("ok", "off") else "degraded",
+        "status": "ok" if healthy else "degraded",
         "model_tag": MODEL_TAG,
         "uptime_seconds": round(time.monotonic() - svc.started, 1),
+        "database": database,
         "inference_log": logging_state,
     }
 
@@ -800,5 +815,6 @@ def model_card_html(svc: AttritionService = Depends(bentoml.get_current_service)
 
 
 @api.exception_handler(OperationalError)
-async def database_unavailable(_: Request, exc: OperationalError) -> JSONResponse:
+@api.exception_handler(PoolTimeout)  # every connection busy (or stuck on a silent database)
+async def database_unavailable(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": "database unavailable; try again shortly"}, status_code=503)

@@ -176,6 +176,12 @@ class Settings(BaseSettings):
     user_cache_seconds: float = Field(5.0, ge=0)
     """How long a worker trusts a user's active flag and roles before reading them again."""
 
+    user_lookup_seconds: float = Field(1.0, gt=0, le=60)
+    """Longest a request waits for its user's record; then the last known state is used, for predictions only."""
+
+    db_statement_timeout_seconds: float = Field(30.0, gt=0)
+    """Longest database statement of a request (history, outcomes, login); the CLI and batch jobs have none."""
+
     def secured(self) -> "Settings":
         """These settings with a usable JWT key, or ValueError when they are unsafe.
 

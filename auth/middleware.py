@@ -4,19 +4,12 @@ import json
 import logging
 import math
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlmodel import Session
-
+from auth.directory import LookupFailed, Unreachable, UserState, directory
 from auth.tokens import TokenError, Verifier
-from auth.users import get_user
-from persistence.db import make_engine
 from settings import Settings
 
 log = logging.getLogger("attrition.auth")
@@ -32,6 +25,8 @@ ROUTE_ROLES: tuple[tuple[str, str | None, frozenset[str]], ...] = (
 # Swagger UI assets; always public along with settings.public_paths.
 PUBLIC_PREFIXES = ("/static_content/", "/assets/")
 ADMIN = "admin"
+# What a token may still do while its user cannot be read: the routes that need no database.
+FALLBACK_ROLES = frozenset({"predict"})
 # The public OpenAPI document's info: the API, not the libraries behind it.
 OPENAPI_VERSION = "1"
 OPENAPI_DESCRIPTION = (
@@ -40,6 +35,8 @@ OPENAPI_DESCRIPTION = (
 )
 # Characters allowed in a WWW-Authenticate error_description (RFC 6750 3: no quote, no backslash).
 CHALLENGE_UNSAFE = re.compile(r"[^A-Za-z0-9 .,:;'<>()_-]")
+# Seconds a client told the user directory cannot be read should wait before trying again.
+RETRY_AFTER = b"2"
 
 
 def required_roles(method: str, path: str) -> frozenset[str] | None:
@@ -60,58 +57,6 @@ class Principal:
     @property
     def is_admin(self) -> bool:
         return ADMIN in self.roles
-
-
-@dataclass(frozen=True)
-class UserState:
-    """What the database says about a token's subject now."""
-
-    roles: frozenset[str]
-    tokens_valid_after: float  # seconds since the epoch; tokens issued earlier are refused
-
-
-def unreachable(exc: BaseException) -> bool:
-    """The database could not be reached (connection refused or lost, pool exhausted, locked),
-    as opposed to a lookup it refused or a bug."""
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    return isinstance(exc, OperationalError | InterfaceError | PoolTimeout)
-
-
-class UserDirectory:
-    """Active flag, roles and token cut-off of users, read from the database and cached for a
-    few seconds."""
-
-    def __init__(self, url: str, ttl: float) -> None:
-        self.url = url
-        self.ttl = ttl
-        self._engine: Any = None  # opened lazily: one per worker process
-        self._cache: dict[str, tuple[float, UserState | None]] = {}
-
-    def _load(self, username: str) -> UserState | None:
-        if self._engine is None:
-            self._engine = make_engine(self.url, pool_size=2)
-        with Session(self._engine) as session:
-            user = get_user(session=session, username=username)
-            if user is None or not user.is_active:
-                return None
-            return UserState(frozenset(user.roles), user.tokens_valid_after.timestamp())
-
-    async def state(self, username: str) -> UserState | None:
-        """The active user's state, or None for an unknown or disabled user."""
-        hit = self._cache.get(username)
-        now = time.monotonic()
-        if hit and now - hit[0] < self.ttl:
-            return hit[1]
-        try:
-            state = await anyio.to_thread.run_sync(self._load, username)
-        except Exception as exc:
-            if hit and unreachable(exc):  # the last known state beats refusing everyone
-                log.warning("user lookup failed; using cached state of %r", username)
-                return hit[1]
-            raise
-        self._cache[username] = (now, state)
-        return state
 
 
 def error_body(error: str, loc: list[str], msg: str, type_: str) -> bytes:
@@ -148,7 +93,9 @@ class JWTAuthMiddleware:
         self.enabled = settings.auth_enabled
         self.max_header = len("Bearer ") + settings.max_token_bytes
         self.verifier = Verifier(settings) if settings.auth_enabled else None
-        self.users = UserDirectory(settings.sqlalchemy_url, settings.user_cache_seconds)
+        self.users = directory(
+            settings.sqlalchemy_url, settings.user_cache_seconds, settings.user_lookup_seconds
+        )
 
     def is_public(self, path: str) -> bool:
         return path in self.public or path.startswith(PUBLIC_PREFIXES)
@@ -190,28 +137,43 @@ class JWTAuthMiddleware:
             return self.unauthorized(str(exc), "invalid_token")
         try:
             state = await self.users.state(claims.sub)
-        except Exception as exc:  # noqa: BLE001 - classified below
-            if not unreachable(exc):
-                log.exception("user lookup for a verified token failed")
-                return self.unauthorized("unknown or disabled user", "invalid_token")
-            # Availability over revocation while the database is away: the signature, expiry,
-            # issuer and audience were verified, so the token's own roles are used. Routes that
-            # read the database fail on their own (503); predictions keep being served.
-            log.warning(
-                "user lookup for %r failed (%s); trusting the verified token", claims.sub, exc
-            )
-            state = UserState(frozenset(claims.roles), tokens_valid_after=-math.inf)
+        except Unreachable:
+            # The signature, expiry, issuer and audience were verified; the token stands in for
+            # its user, for predictions only (the routes that need no database).
+            state = UserState(frozenset(claims.roles), -math.inf, verified=False)
+        except LookupFailed:
+            return self.unavailable()
+        except Exception:  # noqa: BLE001 - a read that failed for its own sake
+            log.exception("user lookup for a verified token failed")
+            return self.unauthorized("unknown or disabled user", "invalid_token")
         if state is None:
             return self.unauthorized("unknown or disabled user", "invalid_token")
         if claims.iat < state.tokens_valid_after:
             return self.unauthorized("token was revoked", "invalid_token")
-        # A token never grants more than the user has now, nor more than it was issued with.
-        principal = Principal(claims.sub, frozenset(claims.roles) & state.roles)
+        # A token never grants more than the user has now, nor more than it was issued with;
+        # nor, while the user cannot be read, more than a prediction (admin implies predict).
+        roles = frozenset(claims.roles) & state.roles
+        if not state.verified:
+            roles = FALLBACK_ROLES if roles & (FALLBACK_ROLES | {ADMIN}) else frozenset()
+        principal = Principal(claims.sub, roles)
         needed = required_roles(scope["method"], scope["path"])
         if needed is not None and not principal.roles & needed:
+            if not state.verified:
+                return self.unavailable()
             msg = f"this route needs one of the roles: {', '.join(sorted(needed))}"
             return _error(403, "insufficient_scope", msg)
         return principal
+
+    @staticmethod
+    def unavailable() -> Refusal:
+        """503: the user's roles cannot be checked now (the database is away or failing)."""
+        body = error_body(
+            "temporarily_unavailable",
+            ["header", "Authorization"],
+            "the user directory cannot be read now; try again shortly",
+            "temporarily_unavailable",
+        )
+        return Refusal(503, body, ((b"retry-after", RETRY_AFTER),))
 
     @staticmethod
     def unauthorized(msg: str, error: str) -> Refusal:

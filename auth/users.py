@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, delete, literal, or_, update
+from sqlalchemy import and_, case, delete, func, literal, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
@@ -38,10 +38,19 @@ def check_roles(roles: list[str]) -> list[str]:
     return sorted(set(roles))
 
 
+def database_now(*, session: Session) -> datetime:
+    """The database's clock: the one the CLI's host and every server share (tokens' `iat` come
+    from a server's clock, the cut-off from whichever host ran the command). SQLite is a local
+    file, so its host's clock."""
+    if session.get_bind().dialect.name == "postgresql":
+        return session.exec(select(func.clock_timestamp())).one()
+    return utcnow()
+
+
 def create_user(*, session: Session, user_in: UserCreate) -> User:
     if get_user(session=session, username=user_in.username) is not None:
         raise UserError(f"user {user_in.username!r} already exists")
-    now = utcnow()
+    now = database_now(session=session)
     user = User(
         username=user_in.username,
         roles=check_roles(user_in.roles),
@@ -86,7 +95,7 @@ def set_active(*, session: Session, username: str, active: bool) -> User:
 def revoke_tokens(*, session: Session, username: str) -> User:
     """End every token issued to the user so far (new logins work as before)."""
     user = existing_user(session=session, username=username)
-    user.tokens_valid_after = utcnow()
+    user.tokens_valid_after = database_now(session=session)
     session.add(user)
     session.commit()
     return user

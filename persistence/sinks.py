@@ -20,6 +20,9 @@ log = logging.getLogger("attrition.inference_log")
 
 # How often a writer makes sure this month's and next month's partitions exist.
 PARTITION_CHECK_SECONDS = 3600.0
+# Longest statement of the writer (a COPY of one batch, a partition's DDL waiting for a lock);
+# a write that fails is retried, its records stay in the write-ahead file.
+WRITE_STATEMENT_SECONDS = 60.0
 
 
 class RowsRefused(Exception):
@@ -90,7 +93,7 @@ class PostgresSink:
     The lines are sent as they are: the writer thread does no per-row work.
     """
 
-    def __init__(self, url: str, *, connect_timeout: int = 3) -> None:
+    def __init__(self, url: str, *, connect_timeout: int | None = None) -> None:
         self.conninfo = url.replace("postgresql+psycopg://", "postgresql://", 1)
         self.connect_timeout = connect_timeout
         self.conn: Any = None
@@ -100,8 +103,17 @@ class PostgresSink:
     def _connection(self) -> Any:
         import psycopg
 
+        from persistence.db import connect_args
+
         if self.conn is None or self.conn.closed:
-            self.conn = psycopg.connect(self.conninfo, connect_timeout=self.connect_timeout)
+            params = connect_args(
+                self.conninfo,
+                statement_timeout=WRITE_STATEMENT_SECONDS,
+                application_name="attrition-log",
+            )
+            if self.connect_timeout is not None:
+                params["connect_timeout"] = self.connect_timeout
+            self.conn = psycopg.connect(self.conninfo, **params)
             self.conn.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS inference_stage"
                 " (LIKE inferences INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"

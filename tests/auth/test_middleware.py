@@ -1,13 +1,16 @@
 """The auth middleware's decisions without a server: which database errors let a verified token
-stand in for the user directory, and the header checks before any decoding."""
+or the last known state stand in for the user directory (for predictions only), and the header
+checks before any decoding."""
 
 import asyncio
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy.exc import (
     DataError,
+    DBAPIError,
     IntegrityError,
     InterfaceError,
     OperationalError,
@@ -16,7 +19,7 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from auth.middleware import JWTAuthMiddleware, Principal, Refusal
+from auth.middleware import JWTAuthMiddleware, Principal, Refusal, UserState
 from auth.tokens import create_token
 from settings import Settings
 from tests.helpers import CHALLENGE
@@ -30,14 +33,24 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(jwt_secret=SECRET, database_url=url, user_cache_seconds=0).secured()
 
 
-def check(mw: JWTAuthMiddleware, *authorization: bytes) -> Principal | Refusal:
-    scope = {
+def scope(
+    authorization: list[bytes], method: str = "POST", path: str = "/predict/attrition"
+) -> Any:
+    return {
         "type": "http",
-        "method": "POST",
-        "path": "/predict/attrition",
+        "method": method,
+        "path": path,
         "headers": [(b"authorization", a) for a in authorization],
     }
-    return asyncio.run(mw.check(scope))
+
+
+def check(mw: JWTAuthMiddleware, *authorization: bytes) -> Principal | Refusal:
+    return asyncio.run(mw.check(scope(list(authorization))))
+
+
+def read_history(mw: JWTAuthMiddleware, token: str) -> Principal | Refusal:
+    auth = [f"Bearer {token}".encode()]
+    return asyncio.run(mw.check(scope(auth, "GET", "/predict/history")))
 
 
 def failing_lookup(exc: BaseException) -> Any:
@@ -47,10 +60,40 @@ def failing_lookup(exc: BaseException) -> Any:
     return load
 
 
+def lost_connection() -> DBAPIError:
+    exc = InterfaceError("SELECT", {}, psycopg.InterfaceError("the connection is lost"))
+    exc.connection_invalidated = True
+    return exc
+
+
 UNREACHABLE = {
-    "connection_refused": OperationalError("SELECT", {}, Exception("connection refused")),
-    "connection_lost": InterfaceError("SELECT", {}, Exception("connection already closed")),
+    "connection_refused": OperationalError(
+        "connect", {}, psycopg.OperationalError("connection failed: ... Connection refused")
+    ),
+    "connect_timeout": OperationalError(
+        "connect", {}, psycopg.errors.ConnectionTimeout("connection timeout expired")
+    ),
+    "connection_exception_08006": OperationalError(
+        "SELECT", {}, psycopg.errors.ConnectionFailure("connection failure")
+    ),
+    "connection_lost": lost_connection(),
     "pool_exhausted": PoolTimeout("QueuePool limit reached"),
+}
+# The database answered: it is reachable, and the token must not stand in for the user.
+ANSWERED = {
+    "too_many_connections": OperationalError(
+        "connect",
+        {},
+        psycopg.OperationalError(
+            'connection failed: ... failed: FATAL:  too many connections for database "x"'
+        ),
+    ),
+    "too_many_connections_53300": OperationalError(
+        "SELECT", {}, psycopg.errors.TooManyConnections("too many connections")
+    ),
+    "query_cancelled": OperationalError("SELECT", {}, psycopg.errors.QueryCanceled("canceled")),
+    "lock_timeout": OperationalError("SELECT", {}, psycopg.errors.LockNotAvailable("lock")),
+    "deadlock": OperationalError("SELECT", {}, psycopg.errors.DeadlockDetected("deadlock")),
 }
 REFUSED = {
     "nul_in_text": DataError("SELECT", {}, Exception("cannot contain NUL (0x00) characters")),
@@ -62,14 +105,62 @@ REFUSED = {
 
 
 @pytest.mark.parametrize("case", UNREACHABLE, ids=list(UNREACHABLE))
-def test_an_unreachable_database_falls_back_to_the_token_roles(
+def test_an_unreachable_database_falls_back_to_the_token_for_predictions_only(
     settings: Settings, case: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     mw = JWTAuthMiddleware(None, settings)
     monkeypatch.setattr(mw.users, "_load", failing_lookup(UNREACHABLE[case]))
-    token = create_token(settings, subject="amy", roles=["predict"])
-    outcome = check(mw, f"Bearer {token}".encode())
+    for roles in (["predict"], ["admin"], ["admin", "predict", "history"]):
+        token = create_token(settings, subject="amy", roles=roles)
+        outcome = check(mw, f"Bearer {token}".encode())
+        assert isinstance(outcome, Principal) and outcome.roles == {"predict"}, roles
+        refused = read_history(mw, token)
+        assert isinstance(refused, Refusal) and refused.status == 503, roles
+        assert (b"retry-after", b"2") in refused.headers
+    history_only = create_token(settings, subject="amy", roles=["history"])
+    outcome = check(mw, f"Bearer {history_only}".encode())
+    assert isinstance(outcome, Refusal) and outcome.status == 503
+
+
+@pytest.mark.parametrize("case", ANSWERED, ids=list(ANSWERED))
+def test_a_database_that_answers_with_an_error_never_lets_the_token_stand_in(
+    settings: Settings, case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mw = JWTAuthMiddleware(None, settings)
+    monkeypatch.setattr(mw.users, "_load", failing_lookup(ANSWERED[case]))
+    token = create_token(settings, subject="amy", roles=["admin"])
+    for outcome in (check(mw, f"Bearer {token}".encode()), read_history(mw, token)):
+        assert isinstance(outcome, Refusal) and outcome.status == 503
+
+
+@pytest.mark.parametrize("case", [*UNREACHABLE, *ANSWERED])
+def test_the_last_known_state_is_used_for_predictions_only(
+    settings: Settings, case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    error = {**UNREACHABLE, **ANSWERED}[case]
+    mw = JWTAuthMiddleware(None, settings)
+    admin = create_token(settings, subject="boss", roles=["admin"])
+    monkeypatch.setattr(mw.users, "_load", lambda username: UserState(frozenset({"admin"}), 0.0))
+    assert isinstance(admin_outcome := read_history(mw, admin), Principal)
+    assert admin_outcome.is_admin
+    monkeypatch.setattr(mw.users, "_load", failing_lookup(error))
+    outcome = check(mw, f"Bearer {admin}".encode())
     assert isinstance(outcome, Principal) and outcome.roles == {"predict"}
+    refused = read_history(mw, admin)
+    assert isinstance(refused, Refusal) and refused.status == 503
+
+
+@pytest.mark.parametrize("case", [*UNREACHABLE, *ANSWERED])
+def test_a_user_last_seen_deleted_stays_refused_while_the_database_is_away(
+    settings: Settings, case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mw = JWTAuthMiddleware(None, settings)
+    token = create_token(settings, subject="gone", roles=["admin"])
+    monkeypatch.setattr(mw.users, "_load", lambda username: None)
+    assert check(mw, f"Bearer {token}".encode()).status == 401  # type: ignore[union-attr]
+    monkeypatch.setattr(mw.users, "_load", failing_lookup({**UNREACHABLE, **ANSWERED}[case]))
+    for outcome in (check(mw, f"Bearer {token}".encode()), read_history(mw, token)):
+        assert isinstance(outcome, Refusal) and outcome.status == 401
 
 
 @pytest.mark.parametrize("case", REFUSED, ids=list(REFUSED))

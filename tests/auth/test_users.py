@@ -1,7 +1,9 @@
 """Login attempts are counted atomically before the password check, on SQLite and PostgreSQL:
-concurrent attempts get distinct numbers, counts expire with the window, stale rows are purged."""
+concurrent attempts get distinct numbers, counts expire with the window, stale rows are purged;
+token cut-offs follow the database's clock."""
 
 import threading
+import time
 import uuid
 from datetime import timedelta
 
@@ -15,6 +17,7 @@ from auth.users import (
     count_attempt,
     create_user,
     purge_attempts,
+    revoke_tokens,
 )
 from persistence.db import make_engine
 from persistence.models import LoginAttempt, UserCreate
@@ -145,3 +148,25 @@ def test_a_success_clears_the_count(url: str) -> None:
         assert user is not None and user.last_login_at is not None
         assert session.get(LoginAttempt, "bo") is None
     engine.dispose()
+
+
+@pytest.mark.parametrize("skew", [-3600, 3600], ids=["host_behind", "host_ahead"])
+def test_token_cut_offs_follow_the_databases_clock_not_the_hosts(
+    pg_url: str, skew: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """create-user and revoke-tokens run on any host; the tokens they cut off carry a server's
+    `iat`. A host clock an hour off must not keep old tokens alive or refuse new ones."""
+    real = utcnow
+    monkeypatch.setattr("auth.users.utcnow", lambda: real() + timedelta(seconds=skew))
+    engine = make_engine(pg_url)
+    with Session(engine) as session:
+        user_in = UserCreate(username="kim", roles=["predict"], password=PASSWORD)
+        created = create_user(session=session, user_in=user_in).tokens_valid_after
+        issued_before = time.time()  # a token a server minted just before the revocation
+        time.sleep(0.05)
+        revoked = revoke_tokens(session=session, username="kim").tokens_valid_after
+        time.sleep(0.05)
+        issued_after = time.time()
+    engine.dispose()
+    assert abs((created - real()).total_seconds()) < 60
+    assert issued_before < revoked.timestamp() < issued_after
