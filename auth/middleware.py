@@ -14,7 +14,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlmodel import Session
 
-from auth.tokens import TokenError, Verifier
+from auth.tokens import ProviderUnavailable, TokenError, Verifier
 from auth.users import get_user
 from persistence.db import make_engine
 from settings import Settings
@@ -138,6 +138,15 @@ def _error(status: int, error: str, msg: str, *headers: tuple[bytes, bytes]) -> 
     return Refusal(status, error_body(error, ["header", "Authorization"], msg, error), headers)
 
 
+def authorized(scope: Any, principal: Principal) -> Principal | Refusal:
+    """The principal, or 403 when it has none of the route's roles."""
+    needed = required_roles(scope["method"], scope["path"])
+    if needed is not None and not principal.roles & needed:
+        msg = f"this route needs one of the roles: {', '.join(sorted(needed))}"
+        return _error(403, "insufficient_scope", msg)
+    return principal
+
+
 class JWTAuthMiddleware:
     """401 for a missing or bad token, 403 for a valid token without the route's role."""
 
@@ -185,9 +194,14 @@ class JWTAuthMiddleware:
         if scheme.lower() != "bearer" or not token or " " in token:
             return self.unauthorized("expected 'Authorization: Bearer <token>'", "invalid_request")
         try:
-            claims = self.verifier.decode(token)
+            claims = await self.verifier.verify(token)
+        except ProviderUnavailable as exc:
+            retry = (b"retry-after", str(exc.retry_after).encode())
+            return _error(503, "temporarily_unavailable", str(exc), retry)
         except TokenError as exc:
             return self.unauthorized(str(exc), "invalid_token")
+        if claims.provider:  # the provider vouches for it; there is no local user to look up
+            return authorized(scope, Principal(claims.sub, frozenset(claims.roles)))
         try:
             state = await self.users.state(claims.sub)
         except Exception as exc:  # noqa: BLE001 - classified below
@@ -206,12 +220,7 @@ class JWTAuthMiddleware:
         if claims.iat < state.tokens_valid_after:
             return self.unauthorized("token was revoked", "invalid_token")
         # A token never grants more than the user has now, nor more than it was issued with.
-        principal = Principal(claims.sub, frozenset(claims.roles) & state.roles)
-        needed = required_roles(scope["method"], scope["path"])
-        if needed is not None and not principal.roles & needed:
-            msg = f"this route needs one of the roles: {', '.join(sorted(needed))}"
-            return _error(403, "insufficient_scope", msg)
-        return principal
+        return authorized(scope, Principal(claims.sub, frozenset(claims.roles) & state.roles))
 
     @staticmethod
     def unauthorized(msg: str, error: str) -> Refusal:
