@@ -205,10 +205,13 @@ class Verifier:
     async def verify(self, token: str) -> Claims:
         """The claims of a valid token from either issuer, or TokenError (ProviderUnavailable
         when the provider's keys are needed and cannot be fetched in time)."""
-        if self.provider is not None and (
-            not self.local or unverified_issuer(token) == self.provider.issuer
-        ):
+        if self.provider is None:
+            return self.decode(token)
+        issuer = unverified_issuer(token) if self.local else self.provider.issuer
+        if issuer == self.provider.issuer:
             return await self.provider.verify(token)
+        if issuer != self.settings.jwt_issuer:
+            raise TokenError("wrong issuer")
         return self.decode(token)
 
     def decode(self, token: str) -> Claims:

@@ -3,6 +3,7 @@ on a free port, with signing keys made here, and get client-credentials tokens f
 
 import json
 import signal
+import ssl
 import subprocess
 import time
 import uuid
@@ -90,8 +91,12 @@ class OpenIDProvider(ServerProcess):
         cert.private_key_pem.write_to_path(str(work / "key.pem"))
         self.jwks_file = work / "jwks.json"
         self.write_keys(keys)
-        self.http = httpx.Client(verify=str(self.ca_file), timeout=10)
+        self.http = httpx.Client(verify=self.client_context(), timeout=10)
         super().__init__({}, log=work / "provider.log", timeout=timeout, port=port)
+
+    def client_context(self) -> ssl.SSLContext:
+        """TLS that trusts this provider's certificate (its own CA)."""
+        return ssl.create_default_context(cafile=str(self.ca_file))
 
     @property
     def issuer(self) -> str:
@@ -173,7 +178,7 @@ class OpenIDProvider(ServerProcess):
 
     def restart(self) -> None:
         """Start again on the same port with the keys of the file (a provider back up)."""
-        self.http = httpx.Client(verify=str(self.ca_file), timeout=10)
+        self.http = httpx.Client(verify=self.client_context(), timeout=10)
         ServerProcess.__init__(self, {}, log=self.work / "restarted.log", port=self.port)
 
     def service_env(self, **extra: str) -> dict[str, str]:
