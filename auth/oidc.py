@@ -408,3 +408,18 @@ class ProviderVerifier:
         )
         # Without a kid, a cache hit could not tell whether the one key is still that key.
         return self.cache.put(token, claims) if kid is not None else claims
+
+
+_shared: dict[str, ProviderVerifier] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_verifier(settings: Settings) -> ProviderVerifier:
+    """One verifier per process and settings: the fast path's check and the middleware's (which
+    answers what the fast path refused) share keys, fetches and verified tokens, so a request
+    never waits for two fetches."""
+    key = settings.model_dump_json()
+    with _shared_lock:
+        if key not in _shared:
+            _shared[key] = ProviderVerifier(settings)
+        return _shared[key]

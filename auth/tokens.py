@@ -198,9 +198,9 @@ class Verifier:
         self.cache = VerifiedCache(settings.jwt_leeway_seconds)
         self.provider: Any = None
         if settings.oidc_issuer is not None:
-            from auth.oidc import ProviderVerifier  # it builds on this module
+            from auth.oidc import shared_verifier  # it builds on this module
 
-            self.provider = ProviderVerifier(settings)
+            self.provider = shared_verifier(settings)
 
     async def verify(self, token: str) -> Claims:
         """The claims of a valid token from either issuer, or TokenError (ProviderUnavailable

@@ -442,6 +442,25 @@ def test_middleware_answers_503_with_retry_after_when_keys_cannot_be_had(
     assert isinstance(check(mw, idp.sign(idp.claims(), rsa_key)), Principal)  # cached key
 
 
+def test_fast_path_and_middleware_share_one_verifier_so_a_refusal_waits_once(
+    idp: JWKSServer, rsa_key: dict[str, Any], tmp_path: Path
+) -> None:
+    """The fast path's refusal is answered again by the middleware (the full stack): with a
+    hung provider, the second check must not wait for a second fetch."""
+    settings = settings_for(idp, tmp_path, oidc_fetch_timeout_seconds=1.0)
+    fast, full = JWTAuthMiddleware(None, settings), JWTAuthMiddleware(None, settings)
+    assert fast.verifier.provider is full.verifier.provider
+    for mw in (fast, full):
+        warm(mw.verifier.provider)
+    idp.delay = 10
+    token = idp.sign(idp.claims(), rsa_key, kid="rotated")
+    started = time.monotonic()
+    for mw in (fast, full):
+        refused = check(mw, token)
+        assert isinstance(refused, Refusal) and refused.status == 503
+    assert time.monotonic() - started < 1.8  # one wait of 1 s, with room for a loaded machine
+
+
 # --- settings --------------------------------------------------------------------------------
 
 
