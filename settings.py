@@ -178,7 +178,7 @@ class Settings(BaseSettings):
     """How long the provider's keys are used before they are fetched again (in the background); a withdrawn key stops working within this time."""
 
     oidc_refresh_cooldown_seconds: float = Field(30.0, ge=0)
-    """Least time between two fetches of the provider's keys, so tokens with made-up key ids cannot make the service hammer the provider."""
+    """Least time between two fetches of the provider's keys for unknown key ids (so made-up ids cannot make the service hammer the provider), and between retries of a failing provider."""
 
     oidc_fetch_timeout_seconds: float = Field(3.0, gt=0, le=60)
     """Longest a request waits for the provider's keys (a token signed by a key not seen before), and the timeout of each fetch."""
