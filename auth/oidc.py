@@ -226,35 +226,43 @@ class ProviderKeys:
         return self.keys.get(kid)
 
     async def key(self, kid: str | None) -> ProviderKey:
-        """The key with this kid: from the cache, or after one bounded, shared fetch."""
+        """The key with this kid: from the cache, or after a shared fetch; at most `timeout`
+        seconds of waiting in all."""
         key = self.current(kid)
         if key is not None:
             return key
         if kid is None:
             raise TokenError("token has no 'kid' and the provider has several keys")
-        fetch = self._start("unknown")
-        if fetch is None:  # cooling down after a recent fetch
-            if self.failure is not None:
-                raise ProviderUnavailable(
-                    "identity provider unreachable; retry shortly", self.retry_after()
-                )
-            raise TokenError("unknown signing key")
-        await self._wait(fetch)
-        key = self.keys.get(kid)
-        if key is None:
-            raise TokenError("unknown signing key")
-        return key
+        deadline = self.clock() + self.timeout
+        # A fetch in flight (a routine refresh, another caller's) may have started before the
+        # key was published; when it ends without the key, one fetch of our own follows.
+        for _ in range(2):
+            asked = self.clock()
+            fetch = self._start("unknown")
+            if fetch is None:  # cooling down after a recent fetch
+                break
+            await self._wait(fetch, deadline - self.clock())
+            key = self.keys.get(kid)
+            if key is not None:
+                return key
+            if self.forced_at >= asked:  # that fetch was ours
+                break
+        if self.failure is not None:
+            raise ProviderUnavailable(
+                "identity provider unreachable; retry shortly", self.retry_after()
+            )
+        raise TokenError("unknown signing key")
 
     def retry_after(self) -> float:
         """Seconds until the next fetch may start."""
         return max(self.attempted_at, self.forced_at) + self.cooldown - self.clock()
 
-    async def _wait(self, fetch: "concurrent.futures.Future[None]") -> None:
+    async def _wait(self, fetch: "concurrent.futures.Future[None]", timeout: float) -> None:
         waiter = asyncio.wrap_future(fetch)
         # asyncio.wait leaves the fetch running on timeout (others may be waiting for it); the
         # callback collects its outcome so an abandoned waiter logs nothing.
         waiter.add_done_callback(lambda f: f.cancelled() or f.exception())
-        done, _ = await asyncio.wait([waiter], timeout=self.timeout)
+        done, _ = await asyncio.wait([waiter], timeout=max(0.0, timeout))
         if not done:
             raise ProviderUnavailable(
                 "identity provider did not answer in time; retry shortly", self.retry_after()

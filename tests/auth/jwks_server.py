@@ -80,9 +80,9 @@ def serving(server: JWKSServer) -> Iterator[JWKSServer]:
                 body: Any = {"issuer": issuer, "jwks_uri": f"{server.url}/jwks"}
                 status = 200
             elif self.path == "/jwks":
+                body, status = server.jwks(), server.status  # the set as it is when asked
                 server.fetches += 1
                 time.sleep(server.delay)
-                body, status = server.jwks(), server.status
             else:
                 body, status = {}, 404
             data = json.dumps(body).encode()

@@ -262,6 +262,27 @@ def test_rotated_key_works_at_once_and_withdrawn_key_stops_after_max_age(
         verify(verifier, old)
 
 
+def test_key_published_during_a_routine_refresh_is_fetched_again(
+    idp: JWKSServer, rsa_key: dict[str, Any], tmp_path: Path
+) -> None:
+    """A token with the new kid joins the refresh in flight, which answers the old set; it must
+    not be refused for that, but fetch once more."""
+    settings = settings_for(
+        idp, tmp_path, oidc_jwks_max_age_seconds=0.3, oidc_fetch_timeout_seconds=5
+    )
+    verifier = warm(ProviderVerifier(settings))
+    new_key = signing_key("RS256", "rsa-new")
+    token = idp.sign(idp.claims(), new_key)
+    idp.delay = 1.0
+    time.sleep(0.4)
+    verifier.keys.current("rsa-1")  # stale: a refresh starts
+    while idp.fetches < 2:  # until the provider has its answer, [rsa-1], on the way
+        time.sleep(0.01)
+    idp.keys = [new_key, rsa_key]
+    assert verify(verifier, token).provider
+    assert idp.fetches == 3  # the warm-up, the routine refresh, ours
+
+
 def test_failed_refresh_keeps_the_cached_keys(
     idp: JWKSServer, rsa_key: dict[str, Any], tmp_path: Path
 ) -> None:
