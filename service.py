@@ -29,6 +29,7 @@ from auth.fastpath import DECLINE, UNEXPECTED, FastResponse, FastRoutes, traffic
 from auth.guard import RequestGuard
 from auth.login import PasswordGrant, Token
 from auth.middleware import JWTAuthMiddleware, Principal, Refusal
+from auth.oidc import ProviderError, check_provider
 from deploy.lifecycle import Drain, call_with_retry
 from persistence import inference_log
 from persistence.db import make_engine, upgrade
@@ -365,8 +366,13 @@ class AttritionService:
 
     @bentoml.on_deployment
     def migrate() -> None:
-        """Check the auth settings and apply pending migrations, once, before workers start."""
+        """Check the auth settings and the identity provider, and apply pending migrations,
+        once, before workers start."""
         settings.secured()
+        try:
+            check_provider(settings)
+        except ProviderError as exc:  # one line, not a traceback: the operator's next step
+            raise SystemExit(f"cannot start: {exc} (ATTRITION_OIDC_ISSUER)") from None
         if settings.migrate_on_start:
             upgrade(settings.sqlalchemy_url)
 

@@ -1,14 +1,16 @@
 """Application settings: one validated class, read from ATTRITION_* variables and .env."""
 
+import json
 import logging
 import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_DIR = Path(__file__).resolve().parent
 log = logging.getLogger("attrition.settings")
@@ -39,6 +41,28 @@ DEFAULT_PUBLIC_PATHS = (
     "/",
     "/auth/token",
 )
+
+# Asymmetric only: a provider's keys are public, so an HMAC "key" from its JWKS proves nothing.
+ProviderAlgorithm = Literal[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"
+]
+# Hosts where a provider may be reached over plain HTTP (a sidecar, the tests).
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def parse_role_map(value: object) -> object:
+    """`a=b,a=c,d=e` -> {"a": ["b", "c"], "d": ["e"]}; JSON objects and dicts pass through."""
+    if not isinstance(value, str):
+        return value
+    if value.strip().startswith("{"):
+        return json.loads(value)
+    mapping: dict[str, list[str]] = {}
+    for pair in filter(None, (p.strip() for p in value.split(","))):
+        name, sep, role = (part.strip() for part in pair.partition("="))
+        if not sep or not name or not role:
+            raise ValueError(f"expected provider_role=service_role, got {pair!r}")
+        mapping.setdefault(name, []).append(role)
+    return mapping
 
 
 class Settings(BaseSettings):
@@ -130,6 +154,39 @@ class Settings(BaseSettings):
     access_token_ttl_seconds: int = Field(3600, ge=60)
     """Lifetime of tokens from POST /auth/token."""
 
+    local_tokens: bool = True
+    """Accept the service's own tokens (POST /auth/token, `python -m auth token`); off = only the identity provider's (needs oidc_issuer)."""
+
+    oidc_issuer: str | None = None
+    """Issuer of an OpenID provider whose access tokens are accepted, exactly as in their `iss` (e.g. https://sso.example.com/realms/hr); its keys come from /.well-known/openid-configuration. Unset: only the service's own tokens."""
+
+    oidc_audience: str | None = None
+    """The `aud` the provider puts in access tokens for this service (required with oidc_issuer)."""
+
+    oidc_roles_claim: str = "roles"
+    """Claim with the caller's roles: a claim name, or a dotted path such as realm_access.roles; a list of strings, or a space-separated string such as `scope`."""
+
+    oidc_role_map: Annotated[dict[str, list[str]], NoDecode] = Field(default_factory=dict)
+    """Provider role -> service roles, as JSON ({"hr-analysts": ["predict", "history"]}) or `hr-analysts=predict,hr-analysts=history,hr-admins=admin`. Empty: provider roles named like the service's (predict, history, outcomes, admin) count as they are; others are ignored."""
+
+    oidc_subject_prefix: str | None = None
+    """Put before the provider's `sub` to name a caller in the history and in erasures; unset = the issuer and '#'. Must hold a character local usernames cannot (such as ':' or '#'), so the two never collide."""
+
+    oidc_algorithms: tuple[ProviderAlgorithm, ...] = ("RS256", "PS256", "ES256")
+    """Signature algorithms accepted from the provider; each key is pinned to one (its `alg`, else RS256 for RSA and ES256 for P-256)."""
+
+    oidc_jwks_max_age_seconds: float = Field(300.0, gt=0)
+    """How long the provider's keys are used before they are fetched again (in the background); a withdrawn key stops working within this time."""
+
+    oidc_refresh_cooldown_seconds: float = Field(30.0, ge=0)
+    """Least time between two fetches of the provider's keys for unknown key ids (so made-up ids cannot make the service hammer the provider), and between retries of a failing provider."""
+
+    oidc_fetch_timeout_seconds: float = Field(3.0, gt=0, le=60)
+    """Longest a request waits for the provider's keys (a token signed by a key not seen before), and the timeout of each fetch."""
+
+    oidc_ca_file: Path | None = None
+    """PEM file of the certificate authorities to trust for the provider's HTTPS (an internal CA); unset = the public ones."""
+
     login_max_failures: int = Field(5, ge=1)
     """Consecutive failed logins for one username before it is locked."""
 
@@ -182,6 +239,30 @@ class Settings(BaseSettings):
     db_statement_timeout_seconds: float = Field(30.0, gt=0)
     """Longest database statement of a request (history, outcomes, login); the CLI and batch jobs have none."""
 
+    @field_validator("oidc_role_map", mode="before")
+    @classmethod
+    def _role_map(cls, value: object) -> object:
+        return parse_role_map(value)
+
+    @model_validator(mode="after")
+    def _provider(self) -> "Settings":
+        if self.oidc_issuer is None:
+            if not self.local_tokens:
+                raise ValueError("ATTRITION_LOCAL_TOKENS=false needs ATTRITION_OIDC_ISSUER")
+            return self
+        url = urlsplit(self.oidc_issuer)
+        if url.scheme != "https" and not (url.scheme == "http" and url.hostname in LOOPBACK_HOSTS):
+            raise ValueError(
+                "ATTRITION_OIDC_ISSUER must be an https:// URL (http only on loopback)"
+            )
+        if not self.oidc_audience:
+            raise ValueError("ATTRITION_OIDC_ISSUER needs ATTRITION_OIDC_AUDIENCE")
+        if self.oidc_issuer == self.jwt_issuer:
+            raise ValueError("ATTRITION_OIDC_ISSUER must differ from ATTRITION_JWT_ISSUER")
+        if not self.oidc_algorithms:
+            raise ValueError("ATTRITION_OIDC_ALGORITHMS must name at least one algorithm")
+        return self
+
     def secured(self) -> "Settings":
         """These settings with a usable JWT key, or ValueError when they are unsafe.
 
@@ -191,6 +272,8 @@ class Settings(BaseSettings):
         """
         if not self.dev_mode:
             self.refuse_dev_only_switches()
+        if not self.local_tokens:  # nothing is signed or verified with a local key
+            return self
         if self.jwt_algorithm != "HS256":
             if self.jwt_public_key_file is None:
                 raise ValueError(f"{self.jwt_algorithm} needs ATTRITION_JWT_PUBLIC_KEY_FILE")

@@ -88,6 +88,9 @@ class PasswordGrant:
             return create_token(self.settings, subject=user.username, roles=user.roles)
 
     async def __call__(self, username: str, password: str) -> JSONResponse:
+        if not self.settings.local_tokens:
+            issuer = self.settings.oidc_issuer
+            return oauth_error(400, "unsupported_grant_type", f"get a token from {issuer}")
         loop = asyncio.get_running_loop()
         try:
             retry = await loop.run_in_executor(None, self._locked_for, username)

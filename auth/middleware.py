@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from auth.directory import LookupFailed, Unreachable, UserState, directory
-from auth.tokens import TokenError, Verifier
+from auth.tokens import ProviderUnavailable, TokenError, Verifier
 from settings import Settings
 
 log = logging.getLogger("attrition.auth")
@@ -83,6 +83,15 @@ def _error(status: int, error: str, msg: str, *headers: tuple[bytes, bytes]) -> 
     return Refusal(status, error_body(error, ["header", "Authorization"], msg, error), headers)
 
 
+def authorized(scope: Any, principal: Principal) -> Principal | Refusal:
+    """The principal, or 403 when it has none of the route's roles."""
+    needed = required_roles(scope["method"], scope["path"])
+    if needed is not None and not principal.roles & needed:
+        msg = f"this route needs one of the roles: {', '.join(sorted(needed))}"
+        return _error(403, "insufficient_scope", msg)
+    return principal
+
+
 class JWTAuthMiddleware:
     """401 for a missing or bad token, 403 for a valid token without the route's role."""
 
@@ -132,9 +141,14 @@ class JWTAuthMiddleware:
         if scheme.lower() != "bearer" or not token or " " in token:
             return self.unauthorized("expected 'Authorization: Bearer <token>'", "invalid_request")
         try:
-            claims = self.verifier.decode(token)
+            claims = await self.verifier.verify(token)
+        except ProviderUnavailable as exc:
+            retry = (b"retry-after", str(exc.retry_after).encode())
+            return _error(503, "temporarily_unavailable", str(exc), retry)
         except TokenError as exc:
             return self.unauthorized(str(exc), "invalid_token")
+        if claims.provider:  # the provider vouches for it; there is no local user to look up
+            return authorized(scope, Principal(claims.sub, frozenset(claims.roles)))
         try:
             state = await self.users.state(claims.sub)
         except Unreachable:
@@ -155,14 +169,10 @@ class JWTAuthMiddleware:
         roles = frozenset(claims.roles) & state.roles
         if not state.verified:
             roles = FALLBACK_ROLES if roles & (FALLBACK_ROLES | {ADMIN}) else frozenset()
-        principal = Principal(claims.sub, roles)
-        needed = required_roles(scope["method"], scope["path"])
-        if needed is not None and not principal.roles & needed:
-            if not state.verified:
+            needed = required_roles(scope["method"], scope["path"])
+            if needed is not None and not roles & needed:
                 return self.unavailable()
-            msg = f"this route needs one of the roles: {', '.join(sorted(needed))}"
-            return _error(403, "insufficient_scope", msg)
-        return principal
+        return authorized(scope, Principal(claims.sub, roles))
 
     @staticmethod
     def unavailable() -> Refusal:
