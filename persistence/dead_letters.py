@@ -46,7 +46,6 @@ log = logging.getLogger("attrition.inference_log")
 RECOUNT_SECONDS = 10.0
 # Entries of files written before dead letters had ids get one derived from their text.
 LEGACY_IDS = uuid.UUID("6f3e0d1c-5b0a-4c57-9a43-d3e1c0a8b001")
-COLUMN_NAMES = frozenset(c.name for c in Inference.__table__.columns)  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -392,9 +391,12 @@ def _writer(conn: Connection, engine: Engine) -> Any:
 
 def unknown_columns(columns: Sequence[str]) -> str | None:
     """Why these cannot be the log's columns (they are put into SQL), or None."""
-    unknown = [c for c in columns if c not in COLUMN_NAMES]
-    if unknown:
-        return f"not columns of the log: {', '.join(map(repr, unknown[:5]))}"
+    from persistence.sinks import ColumnsRefused, check_columns
+
+    try:
+        check_columns(tuple(columns))
+    except ColumnsRefused as exc:
+        return str(exc)
     if not {"id", "created_at"} <= set(columns):
         return "the line has no id or created_at"
     return None

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from persistence import copytext, inference_log, wal
-from persistence.dead_letters import DeadLetters
+from persistence.db import make_engine
+from persistence.dead_letters import DeadLetters, stored
 from persistence.inference_log import COLUMNS, InferenceLog, LogUnavailable, directory, encode
 from persistence.sinks import make_sink
 from tests.helpers import PROJECT_DIR
@@ -275,7 +276,7 @@ def test_a_segment_naming_columns_the_table_lacks_is_refused_not_run(
     log.close()
     assert ids(url) == [live.id]  # the table is intact, and the writer kept going
     letters = log.dead_letters.load()
-    assert sorted(e.line.split("\t")[0] for e in letters) == sorted(r.id for r in refused)
+    assert sorted(e.text().split("\t")[0] for e in letters) == sorted(r.id for r in refused)
     assert all(e.columns == columns and "column" in e.error for e in letters), letters
     assert not stopped.exists()  # its records are kept in the dead letters, for an operator
 
@@ -297,8 +298,10 @@ def test_a_dead_letter_naming_columns_the_table_lacks_stays_refused(
     assert "1 dead letters written, 1 still refused" in out.stdout
     assert "not a column" in out.stdout
     assert ids(url) == [good.id]
-    [kept] = letters.load()
-    assert kept.columns == FOREIGN["injection"]
+    engine = make_engine(url)
+    [kept] = stored(engine=engine)  # moved into the table by the command, kept there
+    engine.dispose()
+    assert kept.columns == FOREIGN["injection"] and letters.load() == []
 
 
 def test_a_long_replay_goes_in_parts_that_resume_where_the_last_stopped(
