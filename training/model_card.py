@@ -129,13 +129,15 @@ def variants_section(meta: dict[str, Any]) -> str:
         [_title(n, chosen), ", ".join(v["protected_attributes_excluded"]) or "none",
          v["model_family"], f"{v['threshold']:.2f}", _spread(v["cv"]["roc_auc"]),
          _spread(v["cv"]["pr_auc"]), v["test"]["roc_auc"], v["test"]["pr_auc"],
-         _ratio(v["group_selection"]["lowest_ratio_Yes"]),
-         _ratio(v["group_selection"]["lowest_ratio_No"])]
+         *[_ratio(v[key][f"lowest_ratio_{label}"])
+           for key in ("group_selection", "group_selection_oof") for label in LABELS]]
         for n in names
         for v in [variants[n]]
     ]  # fmt: skip
     group_rows: list[list[Any]] = []
     first = variants[names[0]]["group_selection"]["attributes"]
+    oof_groups = next(iter(variants[names[0]]["group_selection_oof"]["attributes"].values()))
+    oof_n = sum(g["n"] for g in oof_groups["groups"])
     for attribute, entry in first.items():
         per_variant = [variants[n]["group_selection"]["attributes"][attribute] for n in names]
         for i, group in enumerate(entry["groups"]):
@@ -144,23 +146,29 @@ def variants_section(meta: dict[str, Any]) -> str:
                 row += [v["groups"][i]["rate_Yes"], v["groups"][i]["rate_No"]]
             group_rows.append(row)
         ratio_row: list[Any] = [attribute, Markup("<em>min / max</em>"), ""]
-        for v in per_variant:
+        oof_row: list[Any] = [attribute, Markup("<em>min / max, out-of-fold</em>"), oof_n]
+        for n, v in zip(names, per_variant, strict=True):
+            oof = variants[n]["group_selection_oof"]["attributes"][attribute]
             ratio_row += [_ratio(v["ratio_Yes"]), _ratio(v["ratio_No"])]
-        group_rows.append(ratio_row)
+            oof_row += [_ratio(oof["ratio_Yes"]), _ratio(oof["ratio_No"])]
+        group_rows += [ratio_row, oof_row]
     group_header = ["attribute", "group", "n"] + [
         f"{VARIANT_TITLES[n]}: share {label}" for n in names for label in LABELS
     ]
     html_out = f"""
 <h2>Protected attributes: {"the variants side by side" if len(names) > 1 else "group selection"}</h2>
 {table(["variant", "left out", "family", "threshold", "CV ROC-AUC", "CV PR-AUC", "test ROC-AUC",
-        "test PR-AUC", "lowest ratio (Yes)", "lowest ratio (No)"], summary_rows)}
+        "test PR-AUC", "lowest ratio (Yes), test", "lowest ratio (No), test",
+        "lowest ratio (Yes), out-of-fold", "lowest ratio (No), out-of-fold"], summary_rows)}
 <p class="note">A left-out attribute is dropped inside the pipeline: the model still takes all
 {len(FEATURES)} inputs and its contribution in every explanation is exactly 0. CV numbers are
 those of each variant's chosen family, mean ± sd over the outer folds.</p>
 <h3>Selection rates by group: {html.escape(on)}</h3>
 {table(group_header, group_rows)}
 <p class="note">Ratio = lowest group rate / highest group rate; under {FOUR_FIFTHS} is flagged
-(four-fifths rule). "Yes" is the share flagged as likely to leave, "No" the share not flagged:
+(four-fifths rule). The test split's groups are small (a few flagged employees move a ratio a
+lot); the out-of-fold rows are {html.escape(meta["group_selection_oof"]["on"])}: the CV models',
+not the saved one's, on four times the rows. "Yes" is the share flagged as likely to leave, "No" the share not flagged:
 the rule applies to the rate of the favourable outcome, which is "Yes" when a flag brings
 retention help and "No" when a flag can count against the employee. Both are shown; groups as in
 the monitoring report.</p>
@@ -194,15 +202,17 @@ def choice_statement(meta: dict[str, Any]) -> str:
         return text + "; no other variant was trained with it (python -m training compares both)."
     other = choice["compared_with"][0]
 
-    def pair(label: str) -> str:
-        lows = trade[f"lowest_ratio_{label}"]
+    def pair(key: str) -> str:
+        lows = trade[key]
         return " -> ".join("n/a" if lows[n] is None else f"{lows[n]:.3f}" for n in (other, chosen))
 
     return (
         f"{text}, chosen over the {VARIANT_TITLES[other]} variant. Leaving the protected attributes "
         f"out changes CV ROC-AUC by {trade['cv_roc_auc_difference']:+.4f} (corrected t "
-        f"{trade['corrected_t']:.2f}); the lowest group selection ratio goes {pair('Yes')} for "
-        f"'Yes' and {pair('No')} for 'No' ({VARIANT_TITLES[other]} -> this model)."
+        f"{trade['corrected_t']:.2f}); the lowest group selection ratio goes "
+        f"{pair('lowest_ratio_Yes')} for 'Yes' and {pair('lowest_ratio_No')} for 'No' on the test "
+        f"split ({pair('lowest_ratio_Yes_oof')} and {pair('lowest_ratio_No_oof')} out-of-fold; "
+        f"{VARIANT_TITLES[other]} -> this model)."
     )
 
 

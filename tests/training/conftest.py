@@ -2,6 +2,7 @@
 databases on each backend for the retraining-from-the-log tests."""
 
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -15,7 +16,7 @@ from training.fairness import PROTECTED
 from training.train import TrainingResult, train
 
 # The governed fixture's protocol: small, so the suite stays cheap on a shared 2-core machine.
-SMALL = {"seed": 7, "folds": 3, "repeats": 1, "families": ("logistic_regression",)}
+SMALL: dict[str, Any] = {"seed": 7, "folds": 3, "repeats": 1, "families": ("logistic_regression",)}
 
 
 @pytest.fixture(scope="package")
@@ -31,7 +32,7 @@ def governed(small_frame: pd.DataFrame) -> TrainingResult:
     """The fairness-aware variant chosen, the all-features one trained beside it."""
     # One BLAS thread: these matrices are small, and on a shared machine threads only contend.
     with threadpool_limits(1):
-        return train(small_frame, exclude=PROTECTED, compare=True, **SMALL)  # type: ignore[arg-type]
+        return train(small_frame, exclude=PROTECTED, compare=True, **SMALL)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -3,18 +3,12 @@ directions, the proxy check) equal an independent computation on the same rows."
 
 import html
 import re
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import (
-    RepeatedStratifiedKFold,
-    StratifiedKFold,
-    cross_val_score,
-    train_test_split,
-)
+from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.model_selection import RepeatedStratifiedKFold, StratifiedKFold, train_test_split
 
 from tests.training.conftest import SMALL
 from training.data import split_xy
@@ -91,10 +85,10 @@ def test_group_ratios_on_the_card_equal_an_independent_count_on_the_test_rows(
     title = {"protected-excluded": "protected attributes excluded", "all-features": "all features"}
     column = [f"{title[n]}: share {label}" for n in VARIANTS for label in ("Yes", "No")]
     order = column.index(f"{title[name]}: share Yes")
+    ratios = ratios_of(flagged, x_test)
     for attribute, groups in groups_of(x_test).items():
         yes = pd.Series(flagged, index=x_test.index).groupby(groups).mean()
-        no = 1 - yes
-        ratio_yes, ratio_no = yes.min() / yes.max(), no.min() / no.max()
+        ratio_yes, ratio_no = ratios[attribute]
         entry = stored[attribute]
         assert {g["group"]: g["rate_Yes"] for g in entry["groups"]} == pytest.approx(yes.to_dict())
         assert {g["group"]: g["n"] for g in entry["groups"]} == groups.value_counts().to_dict()
@@ -106,31 +100,53 @@ def test_group_ratios_on_the_card_equal_an_independent_count_on_the_test_rows(
     assert lowest == min(stored[a]["ratio_No"] for a in stored)
 
 
-def test_cv_scores_on_the_card_equal_an_independent_cross_validation(
+def ratios_of(flagged: np.ndarray, x: pd.DataFrame) -> dict[str, tuple[float, float]]:
+    """min/max of the Yes shares and of the No shares by group, with pandas alone."""
+    out = {}
+    for attribute, groups in groups_of(x).items():
+        yes = pd.Series(flagged, index=x.index).groupby(groups).mean()
+        out[attribute] = (yes.min() / yes.max(), (1 - yes).min() / (1 - yes).max())
+    return out
+
+
+def test_cv_scores_and_out_of_fold_ratios_equal_an_independent_cross_validation(
     governed: TrainingResult, small_frame: pd.DataFrame
 ) -> None:
     x_train, _, y_train, _ = splits(small_frame)
     folds = RepeatedStratifiedKFold(
         n_splits=SMALL["folds"], n_repeats=SMALL["repeats"], random_state=SMALL["seed"]
     )
-    scores: dict[str, Any] = {}
+    column = {"protected-excluded": 0, "all-features": 2}  # of the ratio cells, after "n"
+    roc: dict[str, np.ndarray] = {}
     for name, exclude in zip(VARIANTS, (PROTECTED, ()), strict=True):
-        estimator = build_estimator("logistic_regression", SMALL["seed"], exclude)
-        for metric, scoring in (("roc_auc", "roc_auc"), ("pr_auc", "average_precision")):
-            s = cross_val_score(estimator, x_train, y_train, cv=folds, scoring=scoring)
-            stored = governed.metadata["variants"][name]["cv"][metric]
-            assert stored["mean"] == pytest.approx(s.mean(), abs=1e-12)
-            assert stored["std"] == pytest.approx(s.std(ddof=1), abs=1e-12)
-            scores[name, metric] = s
+        per_fold: dict[str, list[float]] = {"roc_auc": [], "pr_auc": []}
+        oof = np.zeros(len(y_train))
+        for fit_rows, val_rows in folds.split(x_train, y_train):
+            estimator = build_estimator("logistic_regression", SMALL["seed"], exclude)
+            estimator.fit(x_train.iloc[fit_rows], y_train.iloc[fit_rows])
+            p = estimator.predict_proba(x_train.iloc[val_rows])[:, 1]
+            oof[val_rows] += p / SMALL["repeats"]
+            truth = y_train.iloc[val_rows]
+            per_fold["roc_auc"].append(roc_auc_score(truth, p))
+            per_fold["pr_auc"].append(average_precision_score(truth, p))
+        stored = governed.metadata["variants"][name]
         title = "protected attributes excluded (chosen)" if exclude else "all features"
-        cells = card_row(
-            governed.card or "", title, "Age, Gender, MaritalStatus" if exclude else "none"
-        )
+        cells = card_row(governed.card or "", title, "Age, Gender, MaritalStatus" if exclude else "none")  # fmt: skip
         for metric, cell in (("roc_auc", cells[2]), ("pr_auc", cells[3])):
-            s = scores[name, metric]
-            assert cell == f"{s.mean():.3f} ± {s.std(ddof=1):.3f}"
+            mean, sd = np.mean(per_fold[metric]), np.std(per_fold[metric], ddof=1)
+            assert stored["cv"][metric]["mean"] == pytest.approx(mean, abs=1e-12)
+            assert stored["cv"][metric]["std"] == pytest.approx(sd, abs=1e-12)
+            assert cell == f"{mean:.3f} ± {sd:.3f}"
+        roc[name] = np.array(per_fold["roc_auc"])
+        for attribute, (yes, no) in ratios_of(oof >= stored["threshold"], x_train).items():
+            entry = stored["group_selection_oof"]["attributes"][attribute]
+            assert entry["ratio_Yes"] == pytest.approx(yes, abs=1e-12)
+            assert entry["ratio_No"] == pytest.approx(no, abs=1e-12)
+            cells = card_row(governed.card or "", attribute, "min / max, out-of-fold")
+            assert cells[0] == str(len(x_train))
+            assert cells[1 + column[name] : 3 + column[name]] == [f"{yes:.3f}", f"{no:.3f}"]
     trade = governed.metadata["variant_choice"]["trade_off"]
-    diff = scores["protected-excluded", "roc_auc"] - scores["all-features", "roc_auc"]
+    diff = roc["protected-excluded"] - roc["all-features"]
     assert trade["cv_roc_auc_difference"] == pytest.approx(diff.mean(), abs=1e-12)
     assert f"changes CV ROC-AUC by {diff.mean():+.4f}" in html.unescape(governed.card or "")
 
