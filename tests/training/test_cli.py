@@ -6,6 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 from threadpoolctl import threadpool_limits
 
@@ -121,3 +122,16 @@ def test_from_log_below_the_minimum_exits_2_and_saves_nothing(
     assert "error: inference log: refused: 3 labelled predictions" in err
     assert "at least 300 needed" in err
     assert latest(CHALLENGER_NAME) == before
+
+
+def test_a_csv_with_too_few_of_a_label_exits_2_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    frame = load_reference()
+    rows = pd.concat(
+        [frame[frame["Attrition"] == "Yes"].head(3), frame[frame["Attrition"] == "No"].head(20)]
+    )
+    rows.to_csv(tmp_path / "few.csv", index=False)
+    assert main(["--csv", str(tmp_path / "few.csv"), "--no-save"]) == 2
+    err = capsys.readouterr().err
+    assert "too few rows of a label for 5-fold CV (need 10 each; have Yes:" in err
