@@ -169,6 +169,7 @@ def fit_variant(
     families: Sequence[str],
 ) -> Variant:
     """Cross-validate the families, pick one and its threshold, fit it, score the test split."""
+    exclude = tuple(c for c in FEATURES if c in exclude)  # one order wherever they are listed
     cv = [
         cross_validate(
             f, x_train, y_train, seed=seed, folds=folds, repeats=repeats, exclude=exclude
@@ -189,7 +190,7 @@ def fit_variant(
     }
     groups = group_selection(x_test, np.where(pred == 1, "Yes", "No"))
     groups_oof = group_selection(x_train, np.where(best.oof >= threshold, "Yes", "No"))
-    return Variant(tuple(exclude), cv, best.family, threshold, pipeline, test, groups, groups_oof)
+    return Variant(exclude, cv, best.family, threshold, pipeline, test, groups, groups_oof)
 
 
 def trade_off(chosen: Variant, other: Variant, folds: int) -> dict[str, Any]:
