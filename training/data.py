@@ -132,3 +132,15 @@ def validate(frame: pd.DataFrame) -> pd.DataFrame:
 def split_xy(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
     """Features and the 0/1 target (1 = the employee left)."""
     return frame[list(FEATURES)], (frame[TARGET] == "Yes").astype("int64")
+
+
+def require_classes(frame: pd.DataFrame, folds: int) -> None:
+    """DataError unless each label has enough rows for a stratified split and `folds` folds."""
+    counts = frame[TARGET].value_counts()
+    need = 2 * folds  # a test share and `folds` validation folds of the rest each hold one
+    short = [
+        f"{label}: {int(counts.get(label, 0))}" for label in LABELS if counts.get(label, 0) < need
+    ]
+    if short:
+        raise DataError([f"too few rows of a label for {folds}-fold CV (need {need} each; "
+                         f"have {', '.join(short)})"])  # fmt: skip

