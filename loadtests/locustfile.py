@@ -218,7 +218,7 @@ def _on_test_stop(**_: Any) -> None:
 def api_stats(stats: RequestStats) -> StatsEntry:
     """Every request but the logins, merged.
 
-    A login hashes the password with Argon2id on purpose (~0.15 s of CPU and 64 MiB each), and
+    A login hashes the password with Argon2id on purpose (CPU time and 64 MiB each), and
     every user logs in at once while spawning: on a small machine those few requests alone fill
     the top percent of all latencies. The latency bounds are for the calls analysts keep making.
     """

@@ -77,7 +77,7 @@ WRITER_THREAD = "inference-log"
 
 
 # A sample whose leaf-most Python frame is a wait was not running Python: the loop runner is
-# uvloop in epoll_pwait (py-spy --native on the model service under load: 267 of 280 such
+# uvloop in epoll_pwait (py-spy --native on the model service under load: nearly all such
 # samples), Connection.wait is psycopg waiting for PostgreSQL, Event/Condition.wait a sleeping
 # thread, Worker.main_loop and Thread.run Ray's core worker and its replica's loop thread (both
 # in native code). py-spy counts a thread as busy while it is runnable, and on a loaded machine a thread

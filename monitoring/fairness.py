@@ -128,8 +128,9 @@ def fairness(
     sensitive = sensitive_features(log)
     favourable = "No" if adverse == "Yes" else "Yes"
     for attribute in ATTRIBUTES:
-        # MetricFrame converts its input row by row (28 of the 44 s a 100,000-row report took);
-        # one row per (group, label) weighted by its count gives the same numbers at once.
+        # MetricFrame converts its input row by row, which dominated a large report's run time;
+        # one row per (group, label) weighted by its count gives the same numbers at once
+        # (docs/adr/0020-monitoring-group-counts.md).
         cells = (
             pd.DataFrame({"group": sensitive[attribute], "selected": (log["label"] == "Yes").astype(int),
                           "probability": log["probability"].astype(float)})

@@ -72,7 +72,7 @@ def performance(
     sensitive = sensitive_features(joined)
     for attribute in ATTRIBUTES:
         # One row per (group, outcome, prediction) weighted by its count: MetricFrame converts
-        # its input row by row, which cost seconds at 20,000 outcomes (see fairness.py).
+        # its input row by row (docs/adr/0020-monitoring-group-counts.md).
         cells = (
             pd.DataFrame({"group": sensitive[attribute].to_numpy(), "y": y, "predicted": predicted})
             .groupby(["group", "y", "predicted"], observed=True)

@@ -10,8 +10,8 @@ import pandas as pd
 from training.schema import FEATURES, NUMERIC
 
 if TYPE_CHECKING:
-    # Only a type here: importing scikit-learn (and SciPy) was 40 % of every serving
-    # process's start (`python -X importtime -c "import service"`), which serves with ONNX.
+    # Only a type here: importing scikit-learn (and SciPy) was a large share of every serving
+    # process's start, which serves with ONNX (docs/adr/0019-no-scikit-learn-when-serving.md).
     from sklearn.pipeline import Pipeline
 
 log = logging.getLogger("attrition.onnx")

@@ -1,9 +1,8 @@
 """The OCI images (make container), run with podman against the real PostgreSQL: the service
 starts from environment variables alone, non-root, no compilers, <= 900 MB; token, prediction,
-log row; the README's run block works as written; SIGTERM (`podman stop`) under load costs no 5xx
-and loses no row. The monitoring image
-runs the CronJob's command as its manifest says (podman kube play ignores CronJobs) and stores
-the report's summary."""
+log row; the run block of docs/operations/deploy.md works as written; SIGTERM (`podman stop`)
+under load costs no 5xx and loses no row. The monitoring image runs the CronJob's command as its
+manifest says (podman kube play ignores CronJobs) and stores the report's summary."""
 
 import json
 import subprocess
@@ -22,9 +21,9 @@ import pytest
 from loadtests.harness import PG_ADMIN, free_port, inference_rows
 from persistence import partitions
 from tests.conftest import PASSWORD, TEST_SECRET, PostgresDatabases, seed_users
+from tests.docblocks import doc_block
 from tests.helpers import PROJECT_DIR, employee_rows, rendered
 from tests.integration.containers import podman
-from tests.integration.test_readme_cli import readme_block
 from tests.integration.traffic import Traffic
 
 pytestmark = pytest.mark.integration
@@ -33,6 +32,8 @@ MAX_IMAGE_BYTES = 900 * 1000 * 1000
 # What the monitoring image adds to the service image (the monitoring extra): 97 MB measured.
 MAX_MONITORING_EXTRA_BYTES = 150 * 1000 * 1000
 COMPILERS = "for t in cc gcc g++ make git; do command -v $t; done || true"
+# The container run block of docs/operations/deploy.md, found by this text (tests/test_docs.py).
+RUN_BLOCK = "podman run -d --name attrition "
 
 
 def ready(url: str, deadline: float) -> bool:
@@ -138,12 +139,12 @@ def test_image_runs_from_environment_alone_and_serves(
     wait_for_rows(url, logged + 1)
 
 
-def test_the_readmes_run_block_works_as_written(image: str, tmp_path: Path) -> None:
+def test_the_docs_run_block_works_as_written(image: str, tmp_path: Path) -> None:
     """The block in a shell with nothing but PATH and HOME (no CONTAINERS_CONF), from the project
     folder after `make container`; only the names and the port are the test's own. Then the user
     it creates gets a token and a prediction."""
     name, db, port = f"attrition-readme-{uuid.uuid4().hex[:8]}", f"attrition_readme_{uuid.uuid4().hex[:8]}", free_port()  # fmt: skip
-    script = readme_block("podman run -d --name attrition ")
+    script = doc_block(RUN_BLOCK)
     for old, new in [
         ("--name attrition ", f"--name {name} "),
         ("attrition-data:", f"{name}-data:"),

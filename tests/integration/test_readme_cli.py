@@ -1,6 +1,7 @@
-"""The README's command blocks as a new user runs them: `make serve` in one terminal (development
-mode, SQLite in data/), the walk-through's CLI, curl and make lines in another that has none of
-make's variables; the split topology's two servers."""
+"""The command blocks of the README and the docs pages as a new user runs them: `make serve` in
+one terminal (development mode, SQLite in data/), the walk-through's CLI, curl and make lines in
+another that has none of make's variables; the split topology's two servers. Blocks are found by
+a text only they hold, wherever they live (tests/docblocks.py)."""
 
 import os
 import re
@@ -14,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.docblocks import doc_block
 from tests.helpers import PROJECT_DIR, Server, employee_rows
 from tests.integration.test_service import batch_histogram
 
@@ -21,13 +23,6 @@ pytestmark = pytest.mark.integration
 
 # Local state and caches a fresh checkout does not have; .env is the developer's own.
 NOT_IN_A_CHECKOUT = (".venv", "build", "data", "reports", ".git", ".env", "*cache*", "*.egg-info")
-
-
-def readme_block(containing: str) -> str:
-    """The README's ```bash block that contains `containing`."""
-    blocks = re.findall(r"```bash\n(.*?)```", (PROJECT_DIR / "README.md").read_text(), re.S)
-    [block] = [b for b in blocks if containing in b]
-    return block
 
 
 def new_checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -78,12 +73,13 @@ def terminal(
     )
 
 
-# The walk-through's blocks in the README's order, each by a line of its own, and what its output
-# shows when it worked (curl -s prints error bodies too).
+# The walk-through's blocks in the order of docs/getting-started.md, each by a line of its own,
+# and what its output shows when it worked (curl -s prints error bodies too).
 WALK_THROUGH = {
     ".venv/bin/python -m auth create-user alice": ['"probability":', '"label":'],  # quick start
     "/predict/attrition/batch": ['"predictions":[{"index":0,'],
     "python -m persistence erase --employee-ref": ["would delete", "deleted"],
+    "python -m persistence dead-letters list": ["dead letters in the database", "still refused"],
     "/predict/history?limit=50": ['"items":[', '"next_cursor":'],
     "explain=true&top_k=3": ['"drivers":[{"feature":'],
     "/predict/attrition/what-if": ['"baseline":{"probability":', '"name":"no overtime"'],
@@ -91,13 +87,20 @@ WALK_THROUGH = {
     "make report": ['"summary":{', "attrition_monitoring_report_age_seconds "],
     "/model/card": [],
 }
+SPLIT_BLOCK, USERS_BLOCK, MIGRATION_BLOCK = (
+    "make serve-model",
+    "python -m auth list-users",
+    "revision --autogenerate",
+)
+# Every block this module runs (tests/test_docs.py checks that the others say why not).
+BLOCKS = (*WALK_THROUGH, SPLIT_BLOCK, USERS_BLOCK, MIGRATION_BLOCK)
 BLOCK_END = "=== end of block ==="
 
 
 def test_the_walk_through_works_as_written(checkout: Path, served: Server) -> None:
     """Every block from the quick start to the model card, in one terminal, one after another
     (TOKEN and EMPLOYEE carry over, as they do for a reader)."""
-    blocks = [readme_block(key) for key in WALK_THROUGH]
+    blocks = [doc_block(key) for key in WALK_THROUGH]
     script = "".join(f"{block}\necho '{BLOCK_END}'\n" for block in blocks)
     # The port of this test's server; -o only stops make from reinstalling the shared .venv.
     script = script.replace("localhost:3000", f"localhost:{served.port}")
@@ -115,12 +118,10 @@ def test_the_walk_through_works_as_written(checkout: Path, served: Server) -> No
 def test_the_split_topology_lines_work_as_written(
     tmp_path_factory: pytest.TempPathFactory, model_tag: str
 ) -> None:
-    """The model service and an entry calling it, each by its README line (on free ports); a
+    """The model service and an entry calling it, each by its line in the docs (on free ports); a
     prediction through the entry is scored by the model server."""
     root = new_checkout(tmp_path_factory)
-    lines = [
-        re.sub(r"\s+#.*$", "", ln).strip() for ln in readme_block("make serve-model").splitlines()
-    ]
+    lines = [re.sub(r"\s+#.*$", "", ln).strip() for ln in doc_block(SPLIT_BLOCK).splitlines()]
     model_line, entry_line = [
         ln.replace("make ", "make -o .venv/.installed ") for ln in lines if ln
     ]
@@ -152,7 +153,7 @@ def test_the_split_topology_lines_work_as_written(
 def user_lines() -> list[str]:
     """The "Users" block's commands with a concrete name and the optional parts dropped."""
     lines = []
-    for line in readme_block("python -m auth list-users").splitlines():
+    for line in doc_block(USERS_BLOCK).splitlines():
         command = re.sub(r"\s+#.*$", "", line)
         command = re.sub(r"\s*\[[^]]*\]", "", command).replace("NAME", "svc").strip()
         if command:
@@ -210,7 +211,7 @@ def test_the_migration_lines_work_as_written(tmp_path_factory: pytest.TempPathFa
 
     root = new_checkout(tmp_path_factory)
     db = f"scratch_{uuid.uuid4().hex[:8]}"
-    script = readme_block("revision --autogenerate").replace("scratch", db)
+    script = doc_block(MIGRATION_BLOCK).replace("scratch", db)
     script = script.replace("make migrate", "make -o .venv/.installed migrate")
     versions = root / "persistence" / "migrations" / "versions"
     before = set(versions.glob("*.py"))
