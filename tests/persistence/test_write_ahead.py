@@ -29,11 +29,22 @@ from tests.persistence.test_inference_log import count, ids, record, wait_for
 def wal_bytes(log_dir: Path) -> int:
     """Bytes of every write-ahead segment under a log directory."""
     total = 0
-    for path in (log_dir / "wal").glob("*/*.log"):
+    try:
+        directories = list((log_dir / "wal").iterdir())
+    except FileNotFoundError:
+        return 0
+    for directory in directories:
+        # A worker's directory is renamed when made and deleted once replayed: glob() over
+        # one that vanishes mid-walk raises, which would fail the sink's write it runs in.
         try:
-            total += path.stat().st_size
-        except FileNotFoundError:  # deleted by the writer meanwhile
-            pass
+            segments = [entry for entry in os.scandir(directory) if entry.name.endswith(".log")]
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in segments:
+            try:
+                total += entry.stat().st_size
+            except FileNotFoundError:  # deleted by the writer meanwhile
+                pass
     return total
 
 
