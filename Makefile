@@ -104,7 +104,7 @@ lint: install ## ruff, mypy, the docs site (mkdocs --strict), the Kubernetes ove
 	deploy/prometheus/install.sh
 	promtool check rules deploy/prometheus/alerts.yaml
 	promtool test rules deploy/prometheus/alerts_test.yaml
-	$(BIN)/actionlint .github/workflows/ci.yml
+	$(BIN)/actionlint .github/workflows/ci.yml .github/workflows/upstream.yml
 	bash -n deploy/image/build.sh deploy/image/podman.sh deploy/image/base.sh deploy/image/postgres.sh deploy/prometheus/install.sh
 	sh -n deploy/image/postgres-entrypoint.sh
 
