@@ -44,6 +44,7 @@ from persistence.metrics import (
     monitoring_gauges,
     runner_batch_histogram,
 )
+from persistence.model_changes import model_changes
 from persistence.models import USERNAME_MAX_LENGTH, USERNAME_PATTERN, InferencePublic
 from persistence.outcomes import OutcomesIn, OutcomesRefused, record_outcomes
 from persistence.reports import latest_report
@@ -656,11 +657,17 @@ async def health(svc: AttritionService = Depends(bentoml.get_current_service)) -
 
 
 @api.get("/model")
-async def model_card(
+def model_card(
     svc: AttritionService = Depends(bentoml.get_current_service),
 ) -> dict[str, Any]:
-    """The served model: tag, metrics, threshold and the feature schema."""
+    """The served model: tag, metrics, threshold, the feature schema and the recorded
+    promotions and rollbacks (null when the database cannot be read)."""
     meta = svc.metadata
+    try:
+        with Session(svc.engine) as session:
+            changes = [c.model_dump(mode="json") for c in model_changes(session=session)]
+    except (OperationalError, PoolTimeout):
+        changes = None
     return {
         "tag": MODEL_TAG,
         "threshold": svc.threshold,
@@ -673,6 +680,7 @@ async def model_card(
         "trained_at": meta.get("trained_at"),
         "versions": meta.get("versions"),
         "feature_schema": Employee.model_json_schema(),
+        "model_changes": changes,
     }
 
 
