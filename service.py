@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal, NamedTuple, cast
 from urllib.parse import parse_qsl
 
 import bentoml
@@ -44,7 +44,7 @@ from persistence.metrics import (
     monitoring_gauges,
     runner_batch_histogram,
 )
-from persistence.model_changes import model_changes
+from persistence.model_changes import ModelChoice, model_changes
 from persistence.models import USERNAME_MAX_LENGTH, USERNAME_PATTERN, InferencePublic
 from persistence.outcomes import OutcomesIn, OutcomesRefused, record_outcomes
 from persistence.reports import latest_report
@@ -72,6 +72,10 @@ settings = get_settings()
 logger = logging.getLogger("attrition.service")
 # Resolve "name:latest" once, so the runner and the entry service serve the same version.
 MODEL_TAG = str(bentoml.models.get(settings.model_tag).tag)
+# The shadow, scored in the same batch; the one a promotion makes answer (persistence/model_changes.py).
+CHALLENGER_TAG = (
+    str(bentoml.models.get(settings.challenger_tag).tag) if settings.challenger_tag else None
+)
 
 
 # The monitoring report runs daily or so; re-reading it on every scrape would be wasted queries.
@@ -110,12 +114,12 @@ class Coalescer:
         self.lanes = lanes
         self.busy = 0
         self.tasks: set[asyncio.Task[None]] = set()
-        self.pending: deque[tuple[list[Any], asyncio.Future[list[float]]]] = deque()
+        self.pending: deque[tuple[list[Any], asyncio.Future[list[Any]]]] = deque()
 
-    async def score(self, items: list[Any]) -> list[float]:
+    async def score(self, items: list[Any]) -> list[Any]:
         if len(items) >= self.max_items:  # a large batch request goes on its own
             return list(await self.call(items))
-        future: asyncio.Future[list[float]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         self.pending.append((items, future))
         if self.busy < self.lanes:
             self.busy += 1
@@ -127,7 +131,7 @@ class Coalescer:
     async def _drain(self) -> None:
         try:
             while self.pending:
-                group: list[tuple[list[Any], asyncio.Future[list[float]]]] = []
+                group: list[tuple[list[Any], asyncio.Future[list[Any]]]] = []
                 size = 0
                 while self.pending and (
                     not group or size + len(self.pending[0][0]) <= self.max_items
@@ -209,32 +213,62 @@ class BatchPrediction(BaseModel):
     predictions: list[BatchItem]
 
 
-@bentoml.service(name="AttritionModel", workers=1)
-class AttritionModel:
-    """The runner: loads the pipeline once per worker and scores adaptive batches."""
+class Scorer:
+    """One model of the store as the runner scores it: ONNX Runtime when it carries a verified
+    export (and runner_backend allows), else scikit-learn, and its exact explainer."""
 
-    model_ref = bentoml.models.BentoModel(MODEL_TAG)
-
-    def __init__(self) -> None:
-        self.pipeline = bentoml.sklearn.load_model(self.model_ref)
-        onnx_model = self.model_ref.custom_objects.get("onnx")
+    def __init__(self, ref: Any, tag: str) -> None:
+        self.tag = tag
+        self.pipeline = bentoml.sklearn.load_model(ref)
+        onnx_model = ref.custom_objects.get("onnx")
         if settings.runner_backend == "onnx" and onnx_model is None:
-            raise RuntimeError(
-                f"{MODEL_TAG} has no verified ONNX export; use runner_backend=sklearn"
-            )
+            raise RuntimeError(f"{tag} has no verified ONNX export; use runner_backend=sklearn")
         # The export was checked against sklearn on the whole training data (training/onnx_export.py).
         self.onnx = (
             onnx_session(onnx_model)
             if onnx_model and settings.runner_backend != "sklearn"
             else None
         )
-        logger.info("runner scores with %s", "ONNX Runtime" if self.onnx else "scikit-learn")
-        self.explainer = self.model_ref.custom_objects.get("explainer")
-        verified = self.model_ref.info.metadata.get("explanation", {}).get("onnx_verified")
+        logger.info(
+            "runner scores %s with %s", tag, "ONNX Runtime" if self.onnx else "scikit-learn"
+        )
+        self.explainer = ref.custom_objects.get("explainer")
+        verified = ref.info.metadata.get("explanation", {}).get("onnx_verified")
         # The same graph with the preprocessed matrix as a second output (checked at training).
         self.explain_onnx = (
             explain_session(onnx_model) if self.onnx is not None and verified else None
         )
+
+    def proba(self, features: np.ndarray) -> np.ndarray:
+        if self.onnx is not None:
+            return self.onnx.run(["probabilities"], feeds_from_matrix(features))[0][:, 1]
+        frame = pd.DataFrame(features, columns=list(FEATURES)).infer_objects()
+        return self.pipeline.predict_proba(frame)[:, 1]
+
+    def explain(self, features: np.ndarray) -> np.ndarray:
+        if self.explainer is None:
+            raise ValueError(f"{self.tag} has no exact explainer")
+        return explain_features(
+            self.explainer, features, session=self.explain_onnx, pipeline=self.pipeline
+        )
+
+
+@bentoml.service(name="AttritionModel", workers=1)
+class AttritionModel:
+    """The runner: loads the pipeline (and the challenger's) once per worker and scores
+    adaptive batches with both."""
+
+    model_ref = bentoml.models.BentoModel(MODEL_TAG)
+    if CHALLENGER_TAG is not None:  # a class attribute, so `bentoml build` packs it
+        challenger_ref = bentoml.models.BentoModel(CHALLENGER_TAG)
+
+    def __init__(self) -> None:
+        self.scorers = [Scorer(self.model_ref, MODEL_TAG)]
+        if CHALLENGER_TAG is not None:
+            challenger = Scorer(self.challenger_ref, CHALLENGER_TAG)
+            if challenger.explainer is None and self.scorers[0].explainer is not None:
+                raise RuntimeError(f"{CHALLENGER_TAG} has no exact explainer; retrain it")
+            self.scorers.append(challenger)
         self.batch_sizes = runner_batch_histogram()
         # Outlive the entry workers of this server, which may still have requests for us.
         self.drain = Drain(
@@ -254,7 +288,8 @@ class AttritionModel:
         max_latency_ms=settings.runner_max_latency_ms,
     )
     async def predict_proba(self, features: np.ndarray) -> np.ndarray:
-        """Probability of attrition for each row of `features`, in order.
+        """Probability of attrition for each row of `features`, in order: an (n, 1) array, or
+        (n, 2) with a challenger (column 0 the pinned model, column 1 the challenger).
 
         `features` is `feature_matrix(employees)`: validated employees (the entry service checks
         them against the Employee contract) as an (n, len(FEATURES)) object matrix. Sending
@@ -266,10 +301,7 @@ class AttritionModel:
         if features.ndim != 2 or features.shape[1] != len(FEATURES):
             raise ValueError(f"expected (n, {len(FEATURES)}) features, got {features.shape}")
         self.batch_sizes.observe(len(features))
-        if self.onnx is not None:
-            return self.onnx.run(["probabilities"], feeds_from_matrix(features))[0][:, 1]
-        frame = pd.DataFrame(features, columns=list(FEATURES)).infer_objects()
-        return self.pipeline.predict_proba(frame)[:, 1]
+        return np.column_stack([scorer.proba(features) for scorer in self.scorers])
 
     @bentoml.api(
         batchable=settings.runner_batching,
@@ -278,13 +310,10 @@ class AttritionModel:
     )
     async def explain(self, features: np.ndarray) -> np.ndarray:
         """Per row of `features` (as in predict_proba): [probability, base value, the
-        contribution of each of the FEATURES to the log-odds], from one run of the model."""
-        if self.explainer is None:
-            raise ValueError(f"{MODEL_TAG} has no exact explainer")
+        contribution of each of the FEATURES to the log-odds], from one run of the model; with a
+        challenger, its row of the same follows (the pinned model's first)."""
         self.batch_sizes.observe(len(features))
-        return explain_features(
-            self.explainer, features, session=self.explain_onnx, pipeline=self.pipeline
-        )
+        return np.hstack([scorer.explain(features) for scorer in self.scorers])
 
 
 # BentoML works out a root-typed output's media type by building its JSON schema on every
@@ -305,6 +334,20 @@ def label(probability: float, threshold: float) -> Literal["Yes", "No"]:
     return "Yes" if probability >= threshold else "No"
 
 
+class Answering(NamedTuple):
+    """A loaded model as the entry answers with it."""
+
+    tag: str
+    threshold: float
+
+
+def shadow_fields(shadow: Answering | None, p: float | None) -> tuple[Any, ...]:
+    """challenger_tag, challenger_probability and challenger_label of a record."""
+    if shadow is None or p is None:
+        return (None, None, None)
+    return (shadow.tag, float(p), label(float(p), shadow.threshold))
+
+
 def caller(request: Request) -> Any:
     """The authenticated principal (None when auth is off in development mode)."""
     return getattr(request.state, "principal", None)
@@ -317,16 +360,30 @@ class AttritionService:
 
     model = bentoml.depends(AttritionModel, url=settings.model_url)
     model_ref = bentoml.models.BentoModel(MODEL_TAG)
+    if CHALLENGER_TAG is not None:
+        challenger_ref = bentoml.models.BentoModel(CHALLENGER_TAG)
 
     def __init__(self) -> None:
         self.started = time.monotonic()
         self.metadata: dict[str, Any] = dict(self.model_ref.info.metadata)
         self.threshold = float(self.metadata["threshold"])
+        # Each model's label at its own threshold, from its metadata.
+        self.served = [Answering(MODEL_TAG, self.threshold)]
+        if CHALLENGER_TAG is not None:
+            meta = self.challenger_ref.info.metadata
+            self.served.append(Answering(CHALLENGER_TAG, float(meta["threshold"])))
         # Secured here, not at import, so `bentoml build` needs no secret.
         self.settings = settings.secured()
         self.engine = make_engine(  # one per worker process
             settings.sqlalchemy_url, statement_timeout=settings.db_statement_timeout_seconds
         )
+        self.choice = ModelChoice(
+            engine=self.engine,
+            served=MODEL_TAG,
+            challenger=CHALLENGER_TAG,
+            challenger_configured=settings.challenger_tag,
+            every=settings.model_choice_seconds,
+        ).start()
         self.password_grant = PasswordGrant(self.engine, self.settings)
         self.coalescer = Coalescer(
             self._score, max_items=settings.runner_max_batch_size, lanes=settings.entry_batch_lanes
@@ -383,9 +440,10 @@ class AttritionService:
         if self.log is not None:
             self.log.close()  # write what waits; what cannot be written is replayed at start
         self.password_grant.close()
+        self.choice.close()
         self.engine.dispose()
 
-    async def _score(self, employees: list[Employee]) -> list[float]:
+    async def _score(self, employees: list[Employee]) -> list[np.ndarray]:
         """Call the model service; retried while its connection fails (a keep-alive connection
         closed under the request, or a model service restarting), up to model_retry_seconds.
         Scoring is pure, so a retry is safe."""
@@ -394,7 +452,7 @@ class AttritionService:
             lambda: self.model.to_async.predict_proba(features),
             budget_seconds=settings.model_retry_seconds,
         )
-        return [float(p) for p in result]
+        return list(np.asarray(result, dtype=float).reshape(len(employees), -1))
 
     async def _explain_rows(self, employees: list[Employee]) -> list[np.ndarray]:
         features = feature_matrix(employees)
@@ -405,10 +463,11 @@ class AttritionService:
         return list(result)
 
     async def _explain(
-        self, employees: list[Employee], top_k: int
-    ) -> tuple[list[float], list[Explanation]]:
-        """Probabilities and explanations; equal employees are scored once, so they (e.g. an
-        empty what-if scenario and its baseline) get exactly the same answer."""
+        self, employees: list[Employee], top_k: int, column: int
+    ) -> tuple[list[np.ndarray], list[Explanation]]:
+        """Each model's probability and the explanations of model `column` (0 the pinned one,
+        1 the challenger); equal employees are scored once, so they (e.g. an empty what-if
+        scenario and its baseline) get exactly the same answer."""
         unique = list(dict.fromkeys(employees))
         rows: list[Any]  # explain_matrix rows (the coalescer slices without looking)
         if settings.runner_batching:
@@ -416,12 +475,13 @@ class AttritionService:
         else:
             rows = await self._explain_rows(unique)
         by_employee: dict[Employee, Any] = dict(zip(unique, rows, strict=True))
-        matrix = [by_employee[e] for e in employees]
+        # One block of explain_matrix per model, the pinned model's first.
+        blocks = [by_employee[e].reshape(len(self.served), -1) for e in employees]
         explanations = [
-            top_drivers(row, tuple(e.model_dump().values()), top_k)
-            for e, row in zip(employees, matrix, strict=True)
+            top_drivers(block[column], tuple(e.model_dump().values()), top_k)
+            for e, block in zip(employees, blocks, strict=True)
         ]
-        return [float(row[0]) for row in matrix], explanations
+        return [block[:, 0] for block in blocks], explanations
 
     def top_k(self, ctx: bentoml.Context) -> int | None:
         """The `explain` query: None for a plain prediction (the fast path), else top_k."""
@@ -446,7 +506,7 @@ class AttritionService:
         *,
         batch: bool,
         top_k: int | None = None,
-    ) -> tuple[str, list[float], list[Explanation] | None]:
+    ) -> tuple[str, list[float], list[Explanation] | None, "Answering"]:
         """_scored_and_recorded for a BentoML route; the request id goes in a header."""
         # request.url would parse and rebuild the URL; the scope has the path.
         route = ctx.request.scope["path"]
@@ -474,12 +534,12 @@ class AttritionService:
         except ValidationError:
             return None
         try:
-            request_id, [p], _ = await self._scored_and_recorded(
+            request_id, [p], _, model = await self._scored_and_recorded(
                 [employee], principal, scope["path"], batch=False
             )
         except ServiceUnavailable:  # as BentoML answers it on the full stack
             return FastResponse(503, UNEXPECTED, SERVER_HEADER)
-        answer = self._prediction(request_id, p, None)
+        answer = self._prediction(request_id, p, None, model)
         headers = [(b"x-request-id", request_id.encode()), *SERVER_HEADER]
         return FastResponse(200, answer.model_dump_json().encode(), headers)
 
@@ -491,23 +551,31 @@ class AttritionService:
         *,
         batch: bool,
         top_k: int | None = None,
-    ) -> tuple[str, list[float], list[Explanation] | None]:
-        """The one path every prediction takes: score (and explain, when asked), then put one
-        record per row in the log (on this machine's storage) before the answer can be sent."""
+    ) -> tuple[str, list[float], list[Explanation] | None, "Answering"]:
+        """The one path every prediction takes: score with both models (and explain, when
+        asked), then put one record per row in the log (on this machine's storage) before the
+        answer can be sent. The model the latest promotion or rollback chose answers; the
+        other one's score is recorded as the shadow, never returned."""
         started = time.perf_counter()
         request_id = uuid.uuid4()
+        # Chosen once per request: all its rows answer with the same model.
+        column = 1 if CHALLENGER_TAG is not None and self.choice.current == CHALLENGER_TAG else 0
+        model = self.served[column]
         explanations = None
+        scores: list[Any]
         if top_k is not None:
-            probs, explanations = await self._explain(list(employees), top_k)
+            scores, explanations = await self._explain(list(employees), top_k, column)
         elif settings.runner_batching:
-            probs = await self.coalescer.score(cast(list[Any], employees))
+            scores = await self.coalescer.score(cast(list[Any], employees))
         else:
-            probs = await self._score(list(employees))
+            scores = await self._score(list(employees))
+        probs = [float(row[column]) for row in scores]
         latency_ms = (time.perf_counter() - started) * 1000
         if self.log is not None:
             created_at = datetime.now(UTC).isoformat()
             subject = principal.subject if principal else "anonymous"
-            threshold = self.threshold
+            threshold = model.threshold
+            shadow = self.served[1 - column] if len(self.served) == 2 else None
             if batch:  # one record per row, each with an id of its own
                 ids = [str(uuid.uuid5(request_id, str(i))) for i in range(len(employees))]
             else:
@@ -515,53 +583,57 @@ class AttritionService:
             batch_id = str(request_id) if batch else None
             drivers = [e.model_dump_json() for e in explanations] if explanations else None
             records = [
-                Record(record_id, created_at, subject, route, MODEL_TAG, batch_id,
+                Record(record_id, created_at, subject, route, model.tag, batch_id,
                        i if batch else None, inputs_json(employee).decode(), p,
                        label(p, threshold), threshold, latency_ms,
-                       getattr(employee, "employee_ref", None), drivers[i] if drivers else None)
-                for i, (record_id, employee, p) in enumerate(zip(ids, employees, probs, strict=True))
+                       getattr(employee, "employee_ref", None), drivers[i] if drivers else None,
+                       *shadow_fields(shadow, row[1 - column] if shadow else None))
+                for i, (record_id, employee, p, row)
+                in enumerate(zip(ids, employees, probs, scores, strict=True))
             ]  # fmt: skip
             try:
                 await self.log.record(records)
             except LogUnavailable as exc:  # no record, no answer
                 logger.error("prediction %s not answered: %s", request_id, exc)
                 raise ServiceUnavailable("the prediction could not be recorded; retry") from exc
-        return str(request_id), probs, explanations
+        return str(request_id), probs, explanations, model
 
     @bentoml.api(route="/predict/attrition")
     async def predict(self, employee: EmployeeInput, /, ctx: bentoml.Context) -> Prediction:
         """Attrition risk of one employee."""
-        request_id, [p], explained = await self._infer(
+        request_id, [p], explained, model = await self._infer(
             [employee], ctx, batch=False, top_k=self.top_k(ctx)
         )
-        return self._prediction(request_id, p, explained[0] if explained else None)
+        return self._prediction(request_id, p, explained[0] if explained else None, model)
 
-    def _prediction(self, request_id: str, p: float, explanation: Explanation | None) -> Prediction:
+    def _prediction(
+        self, request_id: str, p: float, explanation: Explanation | None, model: "Answering"
+    ) -> Prediction:
         """The answer of the single route, on either path."""
         return Prediction(
             request_id=request_id,
             probability=p,
-            label=label(p, self.threshold),
-            threshold=self.threshold,
-            model_tag=MODEL_TAG,
+            label=label(p, model.threshold),
+            threshold=model.threshold,
+            model_tag=model.tag,
             explanation=explanation,
         )
 
     @bentoml.api(route="/predict/attrition/batch")
     async def predict_batch(self, batch: BatchRequest, /, ctx: bentoml.Context) -> BatchPrediction:
         """Attrition risk of up to ATTRITION_MAX_BATCH_SIZE employees, in request order."""
-        request_id, probs, explained = await self._infer(
+        request_id, probs, explained, model = await self._infer(
             batch.employees, ctx, batch=True, top_k=self.top_k(ctx)
         )
         return BatchPrediction(
             request_id=request_id,
-            threshold=self.threshold,
-            model_tag=MODEL_TAG,
+            threshold=model.threshold,
+            model_tag=model.tag,
             predictions=[
                 BatchItem(
                     index=i,
                     probability=p,
-                    label=label(p, self.threshold),
+                    label=label(p, model.threshold),
                     explanation=explained[i] if explained else None,
                 )
                 for i, p in enumerate(probs)
@@ -577,17 +649,17 @@ class AttritionService:
         if not self.explainable:
             raise bentoml.exceptions.InvalidArgument(f"{MODEL_TAG} has no exact explainer")
         employees = [request.employee, *scenario_employees(request)]
-        request_id, probs, explained = await self._infer(
+        request_id, probs, explained, model = await self._infer(
             employees, ctx, batch=True, top_k=request.top_k
         )
         assert explained is not None
         base_p = probs[0]
         return WhatIfResponse(
             request_id=request_id,
-            threshold=self.threshold,
-            model_tag=MODEL_TAG,
+            threshold=model.threshold,
+            model_tag=model.tag,
             baseline=Answer(
-                probability=base_p, label=label(base_p, self.threshold), explanation=explained[0]
+                probability=base_p, label=label(base_p, model.threshold), explanation=explained[0]
             ),
             scenarios=[
                 ScenarioResult(
@@ -595,7 +667,7 @@ class AttritionService:
                     name=scenario.name,
                     changes=scenario.changes,
                     probability=p,
-                    label=label(p, self.threshold),
+                    label=label(p, model.threshold),
                     change=p - base_p,
                     explanation=e,
                 )
@@ -649,7 +721,7 @@ async def health(svc: AttritionService = Depends(bentoml.get_current_service)) -
     healthy = database == "ok" and logging_state["state"] in ("ok", "off")
     return {
         "status": "ok" if healthy else "degraded",
-        "model_tag": MODEL_TAG,
+        "model_tag": svc.choice.current,
         "uptime_seconds": round(time.monotonic() - svc.started, 1),
         "database": database,
         "inference_log": logging_state,
@@ -671,6 +743,8 @@ def model_card(
     return {
         "tag": MODEL_TAG,
         "threshold": svc.threshold,
+        "challenger_tag": CHALLENGER_TAG,
+        "answering": svc.choice.current,
         "model_family": meta.get("model_family"),
         "threshold_rule": meta.get("threshold_rule"),
         "metrics": {"cv": meta.get("cv"), "test": meta.get("test")},

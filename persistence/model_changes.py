@@ -1,13 +1,18 @@
 """Promotions and rollbacks: which of the two loaded models answers, and the record of changes."""
 
+import logging
+import threading
 import uuid
 from typing import Any, Literal
 
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
 from persistence.models import ModelChange
 
 Action = Literal["promote", "rollback"]
+log = logging.getLogger("attrition.model_changes")
 
 
 def record_change(
@@ -71,3 +76,55 @@ def answering(
     ):
         return challenger
     return served
+
+
+class ModelChoice:
+    """Which of the two loaded models answers, in one worker: the newest change, read at start
+    and every `every` seconds on a thread of its own (never on the event loop). While the
+    database cannot be read the last known choice stays (at start: the pinned model)."""
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        served: str,
+        challenger: str | None,
+        challenger_configured: str | None,
+        every: float,
+    ) -> None:
+        self.engine = engine
+        self.served, self.challenger = served, challenger
+        self.challenger_configured = challenger_configured
+        self.every = every
+        self.current = served
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def refresh(self) -> str:
+        try:
+            with Session(self.engine) as session:
+                latest = latest_change(session=session)
+        except SQLAlchemyError as exc:
+            log.warning("cannot read the model changes, %s keeps answering: %s", self.current, exc)
+            return self.current
+        chosen = answering(latest, served=self.served, challenger=self.challenger,
+                           challenger_configured=self.challenger_configured)  # fmt: skip
+        if chosen != self.current:
+            log.warning("model change: %s answers (was %s)", chosen, self.current)
+            self.current = chosen
+        return chosen
+
+    def start(self) -> "ModelChoice":
+        self.refresh()
+        self._thread = threading.Thread(target=self._run, name="model-choice", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.refresh()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

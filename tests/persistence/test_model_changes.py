@@ -3,12 +3,19 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from sqlmodel import Session
 
 from persistence.db import make_engine
-from persistence.model_changes import answering, latest_change, model_changes
+from persistence.model_changes import (
+    ModelChoice,
+    answering,
+    latest_change,
+    model_changes,
+    record_change,
+)
 from persistence.reports import save_report
 from tests.helpers import PROJECT_DIR
 
@@ -87,3 +94,24 @@ def test_the_choice_ignores_a_change_to_a_model_not_loaded() -> None:
     assert answering(unresolved, served=SERVED, challenger=CHALLENGER,
                      challenger_configured="attrition-challenger:latest") == CHALLENGER  # fmt: skip
     assert answering(unresolved, served=SERVED, challenger=None) == SERVED
+
+
+def test_a_worker_follows_the_newest_change_and_keeps_it_while_the_database_is_away(
+    url: str,
+) -> None:
+    engine = make_engine(url)
+    choice = ModelChoice(engine=engine, served=SERVED, challenger=CHALLENGER,
+                         challenger_configured="attrition-challenger:latest", every=0.05).start()  # fmt: skip
+    assert choice.current == SERVED
+    with Session(engine) as session:
+        record_change(session=session, action="promote", from_tag=SERVED, to_tag=CHALLENGER,
+                      changed_by="kim", reason=None, monitoring_report_id=None, comparison=None)  # fmt: skip
+    deadline = time.monotonic() + 5
+    while choice.current != CHALLENGER and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert choice.current == CHALLENGER
+    choice.engine = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/nowhere")
+    assert choice.refresh() == CHALLENGER  # the last known choice, no exception
+    choice.close()
+    choice.engine.dispose()
+    engine.dispose()
