@@ -31,13 +31,13 @@ from auth.login import PasswordGrant, Token
 from auth.middleware import JWTAuthMiddleware, Principal, Refusal
 from auth.oidc import ProviderError, check_provider
 from deploy.lifecycle import Drain, call_with_retry
-from persistence import inference_log
 from persistence.db import make_engine, upgrade
 from persistence.history import BadCursor, FilterText, FilterTime, get_inference, list_inferences
-from persistence.inference_log import InferenceLog, LogUnavailable, Record
+from persistence.inference_log import writer as inference_log
+from persistence.inference_log.metrics import log_metrics
+from persistence.inference_log.writer import InferenceLog, LogUnavailable, Record
 from persistence.metrics import (
     disk_gauges,
-    log_metrics,
     login_lockouts,
     model_service_gauge,
     model_unavailable,

@@ -19,9 +19,10 @@ import psycopg
 import pytest
 from sqlalchemy import text
 
-from persistence import copytext, wal
 from persistence.db import make_engine
-from persistence.inference_log import (
+from persistence.inference_log import copytext, wal
+from persistence.inference_log.sinks import PostgresSink, RowsRefused, make_sink
+from persistence.inference_log.writer import (
     COLUMNS,
     InferenceLog,
     LogUnavailable,
@@ -29,7 +30,6 @@ from persistence.inference_log import (
     directory,
     encode,
 )
-from persistence.sinks import PostgresSink, RowsRefused, make_sink
 from tests.helpers import PROJECT_DIR, free_port
 
 
@@ -345,8 +345,8 @@ CRASHER = """
 import json, sys, time, uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from persistence.inference_log import InferenceLog, Record
-from persistence.sinks import make_sink
+from persistence.inference_log.writer import InferenceLog, Record
+from persistence.inference_log.sinks import make_sink
 
 log = InferenceLog(make_sink(sys.argv[1]), Path(sys.argv[2]), flush_interval=3600)
 for i in range(int(sys.argv[3])):
@@ -376,8 +376,8 @@ PARTIAL = """
 import json, os, resource, sys, uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from persistence.inference_log import InferenceLog, LogUnavailable, Record
-from persistence.sinks import make_sink
+from persistence.inference_log.writer import InferenceLog, LogUnavailable, Record
+from persistence.inference_log.sinks import make_sink
 
 def rec(i):
     return Record(str(uuid.uuid4()), datetime.now(UTC).isoformat(), "disk", "/predict/attrition",

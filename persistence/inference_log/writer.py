@@ -2,7 +2,7 @@
 the answer is sent; a background writer thread copies them into the database and deletes what
 the database has. The file is also the outage buffer: while the database is away the records
 simply stay in it, and any worker replays the files of a dead one (idempotently: the record id
-is the key). Rows the database refuses are isolated as dead letters (persistence/dead_letters.py).
+is the key). Rows the database refuses are isolated as dead letters (persistence/inference_log/dead_letters.py).
 """
 
 import fcntl
@@ -15,11 +15,11 @@ from typing import Any, NamedTuple, Protocol
 
 import anyio
 
-from persistence import copytext, wal
-from persistence.dead_letters import DeadLetters
+from persistence.inference_log import copytext, wal
+from persistence.inference_log.dead_letters import DeadLetters
+from persistence.inference_log.sinks import Sink, write_isolating
+from persistence.inference_log.wal import LogUnavailable, WriteAheadLog
 from persistence.retention import Tombstones
-from persistence.sinks import Sink, write_isolating
-from persistence.wal import LogUnavailable, WriteAheadLog
 
 __all__ = ["COLUMNS", "InferenceLog", "LogUnavailable", "Record", "encode"]
 
@@ -423,7 +423,7 @@ def directory(data_dir: Path) -> Path:
 
 def from_settings(settings: Any, metrics: Metrics | None = None) -> InferenceLog:
     """This worker's log as the settings describe it, started."""
-    from persistence.sinks import make_sink
+    from persistence.inference_log.sinks import make_sink
 
     return InferenceLog(
         make_sink(settings.sqlalchemy_url),
