@@ -49,15 +49,6 @@ def runner_batch_histogram() -> Any:
 
 
 @lru_cache
-def login_lockouts() -> Any:
-    import prometheus_client as prom
-
-    return prom.Counter(
-        "attrition_login_lockouts", "Usernames locked by a failed login (too many failures)"
-    )
-
-
-@lru_cache
 def model_unavailable() -> Any:
     import prometheus_client as prom
 
