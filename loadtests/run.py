@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from loadtests.harness import PROJECT_DIR, Server, auth_cli, inference_rows, temporary_database
+from tests.harness import PROJECT_DIR, Server, auth_cli, inference_rows, temporary_database
 
 LOCUSTFILE = PROJECT_DIR / "loadtests" / "locustfile.py"
 LOCUST_CONF = PROJECT_DIR / "loadtests" / "locust.conf"

@@ -24,7 +24,7 @@ from auth.users import LockedOut, authenticate, create_user, login_lockouts
 from deploy.lifecycle import ModelUnavailable, call_with_retry
 from persistence.db import make_engine
 from persistence.models import UserCreate
-from tests.helpers import free_port
+from tests.harness import free_port
 from tests.persistence.conftest import url
 
 __all__ = ["url"]

@@ -30,7 +30,8 @@ from persistence.inference_log.writer import (
     directory,
     encode,
 )
-from tests.helpers import PROJECT_DIR, free_port
+from tests.harness import free_port
+from tests.helpers import PROJECT_DIR
 
 
 def record(i: int, **fields: Any) -> Record:
