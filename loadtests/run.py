@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         problems.append("locust wrote no prediction counts")
     print(f"reports: {reports / 'report.html'}, {reports / 'locust_stats.csv'}")
     if problems:
-        # Keep the data dir: a spool left there holds records the database did not get.
+        # Keep the data dir: the inference log's files left there hold records the database did not get.
         print(f"FAILED: {'; '.join(problems)} (work dir kept: {work})", file=sys.stderr)
         return 1
     shutil.rmtree(work)

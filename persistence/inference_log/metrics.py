@@ -29,7 +29,7 @@ class PrometheusLogMetrics:
         )
         self.replayed_total = prom.Counter(
             "attrition_inference_log_replayed",
-            "Records written from the files of stopped workers (or an old spool)",
+            "Records written from the files of stopped workers",
         )
         self.dead_lettered_total = prom.Counter(
             "attrition_inference_log_dead_lettered",

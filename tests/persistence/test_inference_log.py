@@ -456,19 +456,6 @@ def test_replay_resumes_after_the_committed_marker(url: str, tmp_path: Path) -> 
     assert replayed == [4]  # only what the marker says is not in
 
 
-def test_spool_files_of_the_previous_version_are_replayed(url: str, tmp_path: Path) -> None:
-    spool = tmp_path / "spool"
-    spool.mkdir()
-    old = {**record(1)._asdict(), "inputs": {"Age": 41, "OverTime": "Yes"}}  # inputs as an object
-    del old["employee_ref"]
-    newer = record(2)._asdict()
-    del newer["employee_ref"]
-    (spool / "spool-1-dead.jsonl").write_text(json.dumps(old) + "\n" + json.dumps(newer) + "\n")
-    InferenceLog(make_sink(url), tmp_path / "log", legacy_spool=spool).start().close()
-    assert ids(url) == sorted([old["id"], newer["id"]])
-    assert not list(spool.iterdir())
-
-
 def wait_for(predicate: Any, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
