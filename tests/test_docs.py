@@ -84,7 +84,7 @@ def test_the_quick_start_is_the_same_in_the_readme_and_getting_started() -> None
 TOP_LEVEL = {
     "api", "auth", "persistence", "training", "monitoring", "deploy", "loadtests", "tests", "docs",
     ".github", ".ci", "service.py", "settings.py", "configuration.yaml", "bentofile.yaml",
-    "pyproject.toml", "Makefile", ".env.example", "mkdocs.yml",
+    "pyproject.toml", "Makefile", ".env.example", "mkdocs.yml", "requirements",
 }  # fmt: skip
 
 

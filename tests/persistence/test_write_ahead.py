@@ -36,14 +36,14 @@ def wal_bytes(log_dir: Path) -> int:
     """Bytes of every write-ahead segment under a log directory."""
     total = 0
     try:
-        directories = list((log_dir / "wal").iterdir())
+        workers = list((log_dir / "wal").iterdir())
     except FileNotFoundError:
         return 0
-    for worker_dir in directories:
+    for worker in workers:
         # A worker's directory is renamed when made and deleted once replayed: glob() over
         # one that vanishes mid-walk raises, which would fail the sink's write it runs in.
         try:
-            segments = [entry for entry in os.scandir(worker_dir) if entry.name.endswith(".log")]
+            segments = [entry for entry in os.scandir(worker) if entry.name.endswith(".log")]
         except (FileNotFoundError, NotADirectoryError):
             continue
         for entry in segments:
