@@ -24,26 +24,26 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlmodel import Session
 
+from api.metrics import (
+    disk_gauges,
+    model_service_gauge,
+    model_unavailable,
+    monitoring_gauges,
+    runner_batch_histogram,
+)
 from auth import http
 from auth.fastpath import DECLINE, UNEXPECTED, FastResponse, FastRoutes, traffic_timeout
 from auth.guard import RequestGuard
 from auth.login import PasswordGrant, Token
 from auth.middleware import JWTAuthMiddleware, Principal, Refusal
 from auth.oidc import ProviderError, check_provider
+from auth.users import login_lockouts
 from deploy.lifecycle import Drain, call_with_retry
-from persistence import inference_log
 from persistence.db import make_engine, upgrade
 from persistence.history import BadCursor, FilterText, FilterTime, get_inference, list_inferences
-from persistence.inference_log import InferenceLog, LogUnavailable, Record
-from persistence.metrics import (
-    disk_gauges,
-    log_metrics,
-    login_lockouts,
-    model_service_gauge,
-    model_unavailable,
-    monitoring_gauges,
-    runner_batch_histogram,
-)
+from persistence.inference_log import writer as inference_log
+from persistence.inference_log.metrics import log_metrics
+from persistence.inference_log.writer import InferenceLog, LogUnavailable, Record
 from persistence.model_changes import ModelChoice, model_changes
 from persistence.models import USERNAME_MAX_LENGTH, USERNAME_PATTERN, InferencePublic
 from persistence.outcomes import OutcomesIn, OutcomesRefused, record_outcomes

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from timeit import default_timer
 from typing import Any
 
+from api.metrics import fast_path_counter, rejected_counter
 from auth.guard import JSON, REJECTION_REASONS, plain_json_body
-from persistence.metrics import fast_path_counter, rejected_counter
 
 log = logging.getLogger("attrition.fastpath")
 access_log = logging.getLogger("bentoml.access")  # BentoML's access-log logger

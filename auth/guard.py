@@ -4,8 +4,8 @@ by reason on the prediction routes, a size limit (413), and 400 bodies in the do
 import json
 from typing import Any
 
+from api.metrics import rejected_counter
 from auth.middleware import error_body, send_json
-from persistence.metrics import rejected_counter
 
 REJECTION_REASONS = {
     400: "invalid_input",

@@ -13,7 +13,7 @@ import aiohttp
 import psutil
 from bentoml.exceptions import ServiceUnavailable
 
-from persistence.metrics import model_unavailable
+from api.metrics import model_unavailable
 
 log = logging.getLogger("attrition.lifecycle")
 T = TypeVar("T")
