@@ -126,6 +126,9 @@ def test_every_route_records_the_challenger_and_never_returns_it(
             for text in (repr(p), f"{p:.6f}", f"{p:.4f}"):
                 assert text not in response.text, (text, response.text)
             assert challenger not in response.text
+    first = answers[0][0].headers["x-request-id"]  # recorded by now: nor does the history show it
+    recorded = httpx.get(f"{url}/predict/history/{first}", headers=headers, timeout=10)
+    assert recorded.status_code == 200 and "challenger" not in recorded.text
 
 
 def test_promotion_and_rollback_under_load(
