@@ -24,9 +24,9 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlmodel import Session
 
-from auth import http
-from auth.fastpath import DECLINE, UNEXPECTED, FastResponse, FastRoutes, traffic_timeout
-from auth.guard import RequestGuard
+from api import internals
+from auth.fastpath import DECLINE, FastResponse, FastRoutes
+from auth.guard import RequestGuard, invalid_request
 from auth.login import PasswordGrant, Token
 from auth.middleware import JWTAuthMiddleware, Principal, Refusal
 from auth.oidc import ProviderError, check_provider
@@ -286,18 +286,15 @@ class AttritionModel:
         )
 
 
-# BentoML works out a root-typed output's media type by building its JSON schema on every
-# response (10% of the runner's CPU under load); naming it skips that.
-AttritionModel.apis["predict_proba"].output_spec.media_type = "application/json"  # type: ignore[attr-defined]
-AttritionModel.apis["explain"].output_spec.media_type = "application/json"  # type: ignore[attr-defined]
-
 api = FastAPI(title="Attrition service: status and auth", docs_url=None, redoc_url=None)
-# Header size and read-time limits in every worker's uvicorn, /metrics by route, 400 for bad input.
-http.install(settings, api)
+api.add_exception_handler(RequestValidationError, invalid_request)
+# While the installed BentoML and uvicorn are the versions api/internals.py was written for:
+# header size and read-time limits in every worker's uvicorn, /metrics by route, the fast path.
+internals.install(settings, api)
+# The runner's outputs are JSON (saves BentoML building their schema per response).
+internals.json_output(AttritionModel, "predict_proba", "explain")
 
-
-# The header BentoML adds to every API response (its _add_response_headers).
-SERVER_HEADER = [(b"server", b"BentoML Service/AttritionService")]
+SERVER_HEADER = internals.server_header("AttritionService")
 
 
 def label(probability: float, threshold: float) -> Literal["Yes", "No"]:
@@ -346,13 +343,14 @@ class AttritionService:
             self.log = inference_log.from_settings(settings, log_metrics())
         # The same checks as the middlewares, for the fast path.
         self.auth = JWTAuthMiddleware(None, self.settings)
-        FastRoutes.register(
-            "/predict/attrition",
-            self._fast_predict,
-            authorize=self._fast_authorize,
-            max_body_bytes=settings.max_body_bytes,
-            timeout=traffic_timeout(AttritionService.name),  # type: ignore[attr-defined]
-        )
+        if internals.gate().active:
+            FastRoutes.register(
+                "/predict/attrition",
+                self._fast_predict,
+                authorize=self._fast_authorize,
+                max_body_bytes=settings.max_body_bytes,
+                timeout=internals.traffic_timeout(AttritionService.name),  # type: ignore[attr-defined]
+            )
         self.drain = Drain(
             "AttritionService",
             delay=settings.shutdown_delay_seconds,
@@ -477,7 +475,7 @@ class AttritionService:
                 [employee], principal, scope["path"], batch=False
             )
         except ServiceUnavailable:  # as BentoML answers it on the full stack
-            return FastResponse(503, UNEXPECTED, SERVER_HEADER)
+            return FastResponse(503, internals.UNEXPECTED, SERVER_HEADER)
         answer = self._prediction(request_id, p, None)
         headers = [(b"x-request-id", request_id.encode()), *SERVER_HEADER]
         return FastResponse(200, answer.model_dump_json().encode(), headers)
@@ -619,7 +617,8 @@ class AttritionService:
             self._report_read_at = now
         disk = disk_gauges(inference_log.directory(settings.data_dir)) if self.log else ""
         gauges = monitoring_gauges(self._report, datetime.now(UTC))
-        return content + gauges + disk + model_service_gauge(settings.model_url)
+        model = model_service_gauge(settings.model_url)
+        return content + gauges + disk + model + internals.active_gauge()
 
 
 # The decorators turned the classes into bentoml Service objects, which mypy cannot see.
@@ -652,6 +651,7 @@ async def health(svc: AttritionService = Depends(bentoml.get_current_service)) -
         "uptime_seconds": round(time.monotonic() - svc.started, 1),
         "database": database,
         "inference_log": logging_state,
+        "internals": internals.gate().as_dict(),
     }
 
 

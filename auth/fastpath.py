@@ -29,13 +29,12 @@ from dataclasses import dataclass, field
 from timeit import default_timer
 from typing import Any
 
+from api import internals
 from auth.guard import JSON, REJECTION_REASONS, plain_json_body
 from persistence.metrics import fast_path_counter, rejected_counter
 
 log = logging.getLogger("attrition.fastpath")
-access_log = logging.getLogger("bentoml.access")  # BentoML's access-log logger
-# BentoML's body for a 5xx raised inside an API.
-UNEXPECTED = b'{"error":"An unexpected error has occurred, please check the server log."}'
+access_log = logging.getLogger(internals.ACCESS_LOGGER)
 
 
 @dataclass(frozen=True)
@@ -64,17 +63,6 @@ class FastRoute:
     authorize: Authorize = anyone
 
 
-def traffic_timeout(service: str) -> float | None:
-    """The service's effective `traffic.timeout`, where BentoML's ServiceAppFactory reads it for
-    the TimeoutMiddleware: the decorator's arguments merged with BENTOML_CONFIG and
-    BENTOML_CONFIG_OVERRIDES (the decorator alone holds only what it was given)."""
-    from bentoml._internal.container import BentoMLContainer
-
-    services = BentoMLContainer.config.services.get()
-    timeout: float | None = services.get(service, {}).get("traffic", {}).get("timeout")
-    return timeout
-
-
 @dataclass
 class AccessLogFormat:
     """What BentoML's AccessLogMiddleware puts in a line (its configuration, read once)."""
@@ -87,16 +75,7 @@ class AccessLogFormat:
 
     @classmethod
     def from_bentoml(cls) -> "AccessLogFormat":
-        from bentoml._internal.container import BentoMLContainer
-
-        access = BentoMLContainer.api_server_config.logging.access
-        return cls(
-            enabled=bool(access.enabled.get()),
-            request_type=bool(access.request_content_type.get()),
-            request_length=bool(access.request_content_length.get()),
-            response_type=bool(access.response_content_type.get()),
-            response_length=bool(access.response_content_length.get()),
-        )
+        return cls(**internals.access_log_options())
 
 
 class FastRoutes:
@@ -158,8 +137,7 @@ def wrap(app: Any) -> Any:
             async with asyncio.timeout(FastRoutes.timeout):
                 response = await _answer(route, scope, receive, messages)
         except TimeoutError:  # BentoML's answer after its traffic timeout
-            msg = f'{{"error":"Not able to process the request in {FastRoutes.timeout} seconds"}}'
-            response = FastResponse(504, msg.encode())
+            response = FastResponse(504, internals.timeout_body(FastRoutes.timeout))
         if response is None:
 
             async def replay() -> Any:
@@ -193,7 +171,7 @@ async def _answer(
         return await route.handler(scope, body, caller)
     except Exception:  # as BentoML answers an exception in an API
         log.exception("%s %s failed", scope["method"], scope["path"])
-        return FastResponse(500, UNEXPECTED)
+        return FastResponse(500, internals.UNEXPECTED)
 
 
 async def _send(scope: Any, send: Any, response: FastResponse, started: float) -> None:
@@ -235,7 +213,9 @@ def _access_line(
         answer.append("type=application/json")
     if access.response_length:
         answer.append(f"length={len(response.body)}")
-    line = f"{address} ({','.join(request)}) ({','.join(answer)}) {latency:.3f}ms"
+    line = internals.ACCESS_LINE.format(
+        address=address, request=",".join(request), response=",".join(answer), latency=latency
+    )
     writer = FastRoutes.access_writer
     if writer is None:
         writer = FastRoutes.access_writer = BufferedAccessLog(access_log)

@@ -4,6 +4,11 @@ by reason on the prediction routes, a size limit (413), and 400 bodies in the do
 import json
 from typing import Any
 
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from auth.login import NO_STORE
 from auth.middleware import error_body, send_json
 from persistence.metrics import rejected_counter
 
@@ -200,3 +205,13 @@ class RequestGuard:
     async def _refuse(self, send: Any, size: int) -> None:
         msg = f"body of {size} bytes exceeds the limit of {self.max_bytes} bytes"
         await send_json(send, 413, error_body("request body too large", ["body"], msg, "too_large"))
+
+
+async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    """400 for malformed requests to the FastAPI routes, in the shape the middlewares use:
+    the field and the reason, never the submitted value (it may be a password)."""
+    assert isinstance(exc, RequestValidationError)
+    detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+    headers = NO_STORE if request.url.path == "/auth/token" else None
+    body = {"error": "invalid request", "detail": detail}
+    return JSONResponse(body, status_code=400, headers=headers)

@@ -13,12 +13,12 @@ import aiohttp
 import psutil
 from bentoml.exceptions import ServiceUnavailable
 
+from api.internals import WORKER_MODULE
 from persistence.metrics import model_unavailable
 
 log = logging.getLogger("attrition.lifecycle")
 T = TypeVar("T")
 
-WORKER_MODULE = "_bentoml_impl.worker.service"
 # How often a draining worker checks whether the workers it serves have exited.
 POLL_SECONDS = 0.1
 
