@@ -25,12 +25,12 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlmodel import Session
 
 from api import internals
-from auth.fastpath import DECLINE, FastResponse, FastRoutes
-from auth.guard import RequestGuard, invalid_request
+from api.fastpath import DECLINE, FastResponse, FastRoute, FastRoutes
+from api.lifecycle import Drain, call_with_retry
+from api.middleware import RequestGuard, invalid_request
 from auth.login import PasswordGrant, Token
 from auth.middleware import JWTAuthMiddleware, Principal, Refusal
 from auth.oidc import ProviderError, check_provider
-from deploy.lifecycle import Drain, call_with_retry
 from persistence import inference_log
 from persistence.db import make_engine, upgrade
 from persistence.history import BadCursor, FilterText, FilterTime, get_inference, list_inferences
@@ -343,14 +343,16 @@ class AttritionService:
             self.log = inference_log.from_settings(settings, log_metrics())
         # The same checks as the middlewares, for the fast path.
         self.auth = JWTAuthMiddleware(None, self.settings)
-        if internals.gate().active:
-            FastRoutes.register(
-                "/predict/attrition",
-                self._fast_predict,
-                authorize=self._fast_authorize,
+        # Found by the fast path (api/fastpath.py) in BentoML's request metrics middleware.
+        self.fast_routes = (
+            FastRoutes(
+                {"/predict/attrition": FastRoute(self._fast_predict, self._fast_authorize)},
                 max_body_bytes=settings.max_body_bytes,
                 timeout=internals.traffic_timeout(AttritionService.name),  # type: ignore[attr-defined]
             )
+            if internals.gate().active
+            else None
+        )
         self.drain = Drain(
             "AttritionService",
             delay=settings.shutdown_delay_seconds,
@@ -376,7 +378,8 @@ class AttritionService:
 
     @bentoml.on_shutdown
     def close(self) -> None:
-        FastRoutes.close()
+        if self.fast_routes is not None:
+            self.fast_routes.close()
         if self.log is not None:
             self.log.close()  # write what waits; what cannot be written is replayed at start
         self.password_grant.close()
@@ -465,7 +468,7 @@ class AttritionService:
         self, scope: dict[str, Any], body: bytes, principal: Principal | None
     ) -> FastResponse | None:
         """POST /predict/attrition without a query string from an authorized caller, on the fast
-        path (auth/fastpath.py): None (the full stack answers) for anything but valid input."""
+        path (api/fastpath.py): None (the full stack answers) for anything but valid input."""
         try:
             employee = EmployeeInput.model_validate_json(body)
         except ValidationError:

@@ -12,7 +12,7 @@ fail if a BentoML or uvicorn upgrade stops this from taking effect.
 import asyncio
 
 from api import internals
-from auth.guard import BODY_TIMED_OUT, BODY_TIMEOUT_MESSAGE
+from api.middleware import BODY_TIMED_OUT, BODY_TIMEOUT_MESSAGE
 from auth.middleware import error_body
 from settings import Settings
 

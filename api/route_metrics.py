@@ -12,8 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.routing import Route
 
-from api import internals
-from auth import fastpath
+from api import fastpath, internals
 
 # BentoML's own routes on every service (Swagger UI, OpenAPI, probes, metrics).
 BENTOML_PATHS = frozenset({"/", "/docs.json", "/livez", "/readyz", "/healthz", "/metrics"})

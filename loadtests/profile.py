@@ -43,9 +43,9 @@ PY_SPY = str(Path(sys.executable).with_name("py-spy"))
 # stack matches a specific rule, so `await` in the coalescer stays the coalescer's.
 SPECIFIC = [
     ("ONNX Runtime (and feeds)", r"onnxruntime/|onnx_export\.py"),
-    # The fast path (auth/fastpath.py) and the HTTP-layer patches (api/) are not auth.
-    ("access log", r"_access_line \(auth/fastpath\.py"),
-    ("fast path: body read, dispatch, response", r"\(auth/fastpath\.py"),
+    # The fast path (api/fastpath.py) and the HTTP-layer patches (api/) are not auth.
+    ("access log", r"_access_line \(api/fastpath\.py"),
+    ("fast path: body read, dispatch, response", r"\(api/fastpath\.py"),
     ("HTTP server (uvicorn, httptools)", r"LimitedHttpToolsProtocol"),
     ("metrics (prometheus)", r"RouteLabel|restore \(api/route_metrics\.py"),
     ("auth: JWT, user cache", r"\((auth/|jwt/)"),

@@ -15,8 +15,8 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from sqlmodel import Session
 
+from api.lifecycle import ModelUnavailable, call_with_retry
 from auth.users import LockedOut, authenticate, create_user
-from deploy.lifecycle import ModelUnavailable, call_with_retry
 from persistence.db import make_engine
 from persistence.metrics import (
     disk_gauges,

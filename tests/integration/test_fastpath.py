@@ -1,4 +1,4 @@
-"""The fast path of POST /predict/attrition (auth/fastpath.py) against BentoML's full stack, on a
+"""The fast path of POST /predict/attrition (api/fastpath.py) against BentoML's full stack, on a
 real server: the same answer, headers, access-log line, metrics and log record; everything
 unusual still answered by the full stack; a refused caller answered before any body is read; and
 a server with ATTRITION_FAST_PATH=off (api/internals.py's gate off) giving the same answers."""

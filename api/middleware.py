@@ -22,7 +22,7 @@ REJECTION_REASONS = {
     422: "invalid_input",
 }
 JSON = b"application/json"
-# Set in a request's scope by the HTTP layer (auth/http.py) when it gave up waiting for the body
+# Set in a request's scope by the HTTP layer (api/protocol.py) when it gave up waiting for the body
 # and answered 408 itself; the application then reads http.disconnect.
 BODY_TIMED_OUT = "attrition.body_timed_out"
 BODY_TIMEOUT_MESSAGE = "request body not received in time"
