@@ -19,6 +19,13 @@ from api.app import create_app
 from api.deps import caller
 from api.fastpath import FastRoute, FastRoutes
 from api.lifecycle import Drain, freeze_heap
+from api.metrics import (
+    disk_gauges,
+    model_service_gauge,
+    model_unavailable,
+    monitoring_gauges,
+    runner_batch_histogram,
+)
 from api.middleware import RequestGuard
 from api.predictor import Predictor, label
 from api.schemas import (
@@ -32,18 +39,11 @@ from api.schemas import (
 from auth.login import PasswordGrant
 from auth.middleware import JWTAuthMiddleware
 from auth.oidc import ProviderError, check_provider
-from persistence import inference_log
+from auth.users import login_lockouts
 from persistence.db import make_engine, upgrade
-from persistence.inference_log import InferenceLog
-from persistence.metrics import (
-    disk_gauges,
-    log_metrics,
-    login_lockouts,
-    model_service_gauge,
-    model_unavailable,
-    monitoring_gauges,
-    runner_batch_histogram,
-)
+from persistence.inference_log import writer as inference_log
+from persistence.inference_log.metrics import log_metrics
+from persistence.inference_log.writer import InferenceLog
 from persistence.reports import latest_report
 from settings import get_settings
 from training.explain import (
