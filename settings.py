@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     runner_backend: Literal["auto", "onnx", "sklearn"] = "auto"
     """How the runner scores: ONNX Runtime when the model carries a verified export (auto), or sklearn."""
 
+    fast_path: Literal["auto", "off"] = "auto"
+    """The fast path and the uvicorn and metrics patches (api/internals.py): auto = on when the installed BentoML, uvicorn and Starlette are the versions they were written for; off = BentoML's full stack serves everything."""
+
     runner_batching: bool = True
     """Adaptive batching in the runner; off = every request is scored on its own (for comparison)."""
 

@@ -22,7 +22,7 @@ def rejected_counter() -> Any:
 
 @lru_cache
 def fast_path_counter(route: str) -> Any:
-    """The counter of requests to `route` answered on the fast path (auth/fastpath.py)."""
+    """The counter of requests to `route` answered on the fast path (api/fastpath.py)."""
     return _fast_path_counter().labels(route=route)
 
 

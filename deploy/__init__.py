@@ -1,2 +1,2 @@
-"""Deployment: worker lifecycle (drain on SIGTERM, retries to a remote model service), image
-build scripts, Kubernetes manifests and the environment template."""
+"""Deployment: image build scripts, Kubernetes manifests and the environment template (the
+worker lifecycle is api/lifecycle.py)."""

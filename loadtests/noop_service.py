@@ -3,9 +3,14 @@ validation as the real entry service, but no model call and no inference log."""
 
 import bentoml
 
+from api.lifecycle import freeze_heap
+from api.middleware import RequestGuard
+from api.schemas import Prediction
 from auth.middleware import JWTAuthMiddleware
-from service import Prediction, RequestGuard, freeze_heap, settings
+from settings import get_settings
 from training.schema import Employee
+
+settings = get_settings()
 
 
 @bentoml.service(name="AttritionService", http={"port": 3000})

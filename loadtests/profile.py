@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from api.internals import IMPL_PACKAGE, SDK_PACKAGE
 from loadtests.bench import (
     REPORTS,
     SCENARIOS,
@@ -42,24 +43,24 @@ PY_SPY = str(Path(sys.executable).with_name("py-spy"))
 # stack matches a specific rule, so `await` in the coalescer stays the coalescer's.
 SPECIFIC = [
     ("ONNX Runtime (and feeds)", r"onnxruntime/|onnx_export\.py"),
-    # The fast path (auth/fastpath.py) and the HTTP-layer patches (auth/http.py) are not auth.
-    ("access log", r"_access_line \(auth/fastpath\.py"),
-    ("fast path: body read, dispatch, response", r"\(auth/fastpath\.py"),
+    # The fast path (api/fastpath.py) and the HTTP-layer patches (api/) are not auth.
+    ("access log", r"_access_line \(api/fastpath\.py"),
+    ("fast path: body read, dispatch, response", r"\(api/fastpath\.py"),
     ("HTTP server (uvicorn, httptools)", r"LimitedHttpToolsProtocol"),
-    ("metrics (prometheus)", r"RouteLabel|restore \(auth/http\.py"),
+    ("metrics (prometheus)", r"RouteLabel|restore \(api/route_metrics\.py"),
     ("auth: JWT, user cache", r"\((auth/|jwt/)"),
-    ("request guard (415/413)", r"(RequestGuard|count_rejections|wrapped).* \(service\.py"),
-    ("coalescer", r"Coalescer\.\w+ \(service\.py"),
+    ("request guard (415/413)", r"(RequestGuard|count_rejections|wrapped).* \(api/middleware\.py"),
+    ("coalescer", r"Coalescer\.\w+ \(api/batching\.py"),
     ("feature matrix", r"feature_matrix \(training/schema\.py"),
     ("inference record + log submit", r"\(persistence/|_infer \(service\.py"),
-    ("runner call: entry side (aiohttp client, serde)", r"_bentoml_impl/client/|aiohttp/"),
+    ("runner call: entry side (aiohttp client, serde)", rf"{IMPL_PACKAGE}/client/|aiohttp/"),
     ("batching dispatcher", r"marshal/dispatcher\.py"),
-    ("serialization (BentoML serde, pickle)", r"_bentoml_impl/serde\.py|pickle"),
+    ("serialization (BentoML serde, pickle)", rf"{IMPL_PACKAGE}/serde\.py|pickle"),
     ("pydantic: validation, JSON parse and dump", r"pydantic"),
     ("our endpoint code", r"\(service\.py|\(training/|\(loadtests/"),
     ("Ray Serve @serve.batch", r"ray/serve/batching\.py"),
     ("Ray Serve replica machinery (request wrapper, router, metrics)", r"ray/"),
-    ("BentoML io models (from/to HTTP)", r"_bentoml_sdk/"),
+    ("BentoML io models (from/to HTTP)", rf"{SDK_PACKAGE}/"),
     ("metrics (prometheus)", r"prometheus_client|instruments\.py|metrics"),
     ("access log", r"access\.py"),
     ("HTTP server (uvicorn, httptools)", r"uvicorn/|httptools"),

@@ -15,13 +15,13 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from sqlmodel import Session
 
+from api.lifecycle import ModelUnavailable, call_with_retry
 from api.metrics import (
     disk_gauges,
     model_service_gauge,
     model_unavailable,
 )
 from auth.users import LockedOut, authenticate, create_user, login_lockouts
-from deploy.lifecycle import ModelUnavailable, call_with_retry
 from persistence.db import make_engine
 from persistence.models import UserCreate
 from tests.harness import free_port

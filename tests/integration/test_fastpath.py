@@ -1,6 +1,7 @@
-"""The fast path of POST /predict/attrition (auth/fastpath.py) against BentoML's full stack, on a
+"""The fast path of POST /predict/attrition (api/fastpath.py) against BentoML's full stack, on a
 real server: the same answer, headers, access-log line, metrics and log record; everything
-unusual still answered by the full stack; a refused caller answered before any body is read."""
+unusual still answered by the full stack; a refused caller answered before any body is read; and
+a server with ATTRITION_FAST_PATH=off (api/internals.py's gate off) giving the same answers."""
 
 import re
 import socket
@@ -11,7 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Stack
+from tests.conftest import SERVER_ENV, PostgresDatabases, Stack, app_settings, seed_users
+from tests.harness import Server
 from tests.helpers import employee_rows
 from tests.integration.test_http_limits import BODY_TIMEOUT, body_pending, one_response, status
 from tests.integration.test_inference_log import rows_for, wait_for
@@ -160,3 +162,54 @@ def test_a_refused_caller_is_answered_from_the_headers_before_any_body(
         waited = time.monotonic() - started
     assert status(raw) == expected, raw[:300]
     assert waited < BODY_TIMEOUT / 2, f"answered after {waited:.1f}s"
+
+
+@pytest.fixture(scope="module")
+def gate_off(
+    model_tag: str, postgres: PostgresDatabases, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """A server told to leave BentoML's and uvicorn's internals alone."""
+    work = tmp_path_factory.mktemp("gate-off")
+    url = postgres.create()
+    seed_users(url)
+    env = {
+        **SERVER_ENV,
+        "ATTRITION_FAST_PATH": "off",
+        "ATTRITION_MODEL_TAG": model_tag,
+        "ATTRITION_DATABASE_URL": url,
+        "ATTRITION_DATA_DIR": str(work / "data"),
+    }
+    server = Server("service:AttritionService", env, log=work / "serve.log")
+    try:
+        yield Stack("postgresql", url, server, app_settings(url, work / "data"))
+    finally:
+        server.stop()
+
+
+def test_with_the_gate_off_the_full_stack_gives_the_same_answers(
+    stack: Stack, client: httpx.Client, gate_off: Stack
+) -> None:
+    row = employee_rows(4)[3]
+    on = client.post(ROUTE, json=row, headers=stack.headers("predictor"))
+    with httpx.Client(base_url=gate_off.server.url, timeout=60) as off_client:
+        off = off_client.post(ROUTE, json=row, headers=gate_off.headers("predictor"))
+        refused = off_client.post(ROUTE, json=row)
+        invalid = off_client.post(ROUTE, json={"Age": 1}, headers=gate_off.headers("predictor"))
+        health = off_client.get("/health").json()
+        metrics = off_client.get("/metrics").text
+    assert on.status_code == 200 and off.status_code == 200, (on.text, off.text)
+    assert comparable(on) == comparable(off)
+    assert off.headers["x-request-id"] == off.json()["request_id"]
+    assert refused.status_code == 401 and invalid.status_code == 400
+    assert health["status"] == "ok"
+    assert health["internals"] == {"active": False, "reason": "ATTRITION_FAST_PATH=off"}
+    assert "attrition_internals_active 0" in metrics.splitlines()
+    # Nothing took the fast path; BentoML's own metrics middleware counted the requests.
+    assert "attrition_fast_path_requests_total{" not in metrics
+    assert 'endpoint="/predict/attrition"' in metrics
+    assert "the fast path and the uvicorn and metrics patches are off" in (
+        gate_off.server.log_path.read_text(errors="replace")
+    )
+    on_health = client.get("/health").json()["internals"]
+    assert on_health["active"] is True and "bentoml 1.4.40" in on_health["reason"]
+    assert "attrition_internals_active 1" in client.get("/metrics").text.splitlines()

@@ -15,7 +15,7 @@ def test_the_leaf_most_specific_frame_names_the_stage() -> None:
                 "validate_json (pydantic/main.py:1)"]  # fmt: skip
     assert stage(validate) == "pydantic: validation, JSON parse and dump"
     # Generic frames (the event loop) under our code do not hide it.
-    coalesce = [LOOP, HTTP, APP, "Coalescer.score (service.py:1)", "create_future (asyncio/events.py:1)"]  # fmt: skip
+    coalesce = [LOOP, HTTP, APP, "Coalescer.score (api/batching.py:1)", "create_future (asyncio/events.py:1)"]  # fmt: skip
     assert stage(coalesce) == "coalescer"
     assert (
         stage([LOOP, "_run_once (asyncio/base_events.py:2)"])

@@ -5,11 +5,11 @@ from typing import Any
 
 import pytest
 
+from api.batching import Coalescer
+
 
 @pytest.fixture(scope="module")
-def coalescer_cls(model_tag: str) -> Any:
-    from service import Coalescer  # service.py resolves the model at import
-
+def coalescer_cls() -> Any:
     return Coalescer
 
 

@@ -1,4 +1,4 @@
-"""The fast path's dispatcher (auth/fastpath.py) as pure ASGI: what it takes, what it declines
+"""The fast path's dispatcher (api/fastpath.py) as pure ASGI: what it takes, what it declines
 (with the body replayed whole to the full stack, or unread when the caller is refused), and its
 timeout and failure answers."""
 
@@ -7,13 +7,23 @@ import io
 import json
 import logging
 import time
-from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from bentoml._internal.log import TRACED_LOG_FORMAT
 
-from auth.fastpath import DECLINE, BufferedAccessLog, FastResponse, FastRoutes, wrap
+from api.fastpath import (
+    DECLINE,
+    Authorize,
+    BufferedAccessLog,
+    FastResponse,
+    FastRoute,
+    FastRoutes,
+    Handler,
+    anyone,
+    wrap,
+)
 
 BODY = b'{"Age": 41}'
 
@@ -77,26 +87,47 @@ def run(
     return sent
 
 
-@pytest.fixture()
-def handled() -> Iterator[list[bytes]]:
-    """A registered handler that answers bodies starting with '{' and declines the rest."""
-    seen: list[bytes] = []
+def served(app: Any, handler: Handler, *, authorize: Authorize = anyone, timeout: float = 5) -> Any:
+    """`app` behind a fast path whose `handler` serves /fast (bodies up to 100 bytes)."""
+    routes = FastRoutes(
+        {"/fast": FastRoute(handler, authorize)}, max_body_bytes=100, timeout=timeout
+    )
+    return wrap(app, lambda: routes)
 
-    async def handler(scope: dict[str, Any], body: bytes, caller: Any) -> FastResponse | None:
-        seen.append(body)
+
+@dataclass
+class Handled:
+    """A handler that answers bodies starting with '{' and declines the rest; `seen`: the
+    bodies it was given."""
+
+    seen: list[bytes] = field(default_factory=list)
+
+    async def handler(self, scope: dict[str, Any], body: bytes, caller: Any) -> FastResponse | None:
+        self.seen.append(body)
         if not body.startswith(b"{"):
             return None
         return FastResponse(200, b'{"ok":true}', [(b"x-request-id", b"r1")])
 
-    FastRoutes.register("/fast", handler, max_body_bytes=100, timeout=5)
-    yield seen
-    FastRoutes.clear()
+    def wrap(self, app: Any) -> Any:
+        return served(app, self.handler)
 
 
-def test_an_ordinary_request_is_answered_by_its_handler(handled: list[bytes]) -> None:
+@pytest.fixture()
+def handled() -> Handled:
+    return Handled()
+
+
+def test_without_a_service_instance_every_request_goes_to_the_full_stack() -> None:
+    """Before the service instance exists, and in the model service, nothing is fast."""
     full = Full()
-    start, body = run(wrap(full), scope(), [b'{"Age"', b": 41}"])
-    assert handled == [BODY] and full.calls == []
+    start, _ = run(wrap(full), scope())
+    assert start["status"] == 299 and full.calls == [BODY]
+
+
+def test_an_ordinary_request_is_answered_by_its_handler(handled: Handled) -> None:
+    full = Full()
+    start, body = run(handled.wrap(full), scope(), [b'{"Age"', b": 41}"])
+    assert handled.seen == [BODY] and full.calls == []
     assert start["status"] == 200 and body["body"] == b'{"ok":true}'
     headers = dict(start["headers"])
     assert headers[b"content-length"] == b"11" and headers[b"content-type"] == b"application/json"
@@ -131,24 +162,24 @@ def test_an_ordinary_request_is_answered_by_its_handler(handled: list[bytes]) ->
     ],
 )
 def test_anything_unusual_goes_to_the_full_stack_untouched(
-    handled: list[bytes], request_scope: dict[str, Any]
+    handled: Handled, request_scope: dict[str, Any]
 ) -> None:
     full = Full()
-    start, body = run(wrap(full), request_scope)
-    assert handled == [] and full.calls == [BODY]
+    start, body = run(handled.wrap(full), request_scope)
+    assert handled.seen == [] and full.calls == [BODY]
     assert start["status"] == 299 and body["body"] == b"full"
 
 
-def test_a_declined_body_is_replayed_whole_to_the_full_stack(handled: list[bytes]) -> None:
+def test_a_declined_body_is_replayed_whole_to_the_full_stack(handled: Handled) -> None:
     full = Full()
-    start, _ = run(wrap(full), scope(), [b"not ", b"json"])
-    assert handled == [b"not json"] and full.calls == [b"not json"] and start["status"] == 299
+    start, _ = run(handled.wrap(full), scope(), [b"not ", b"json"])
+    assert handled.seen == [b"not json"] and full.calls == [b"not json"] and start["status"] == 299
 
 
-def test_parameters_on_the_content_type_are_still_json(handled: list[bytes]) -> None:
+def test_parameters_on_the_content_type_are_still_json(handled: Handled) -> None:
     headers = [(b"content-type", b"Application/JSON; charset=utf-8"), (b"content-length", b"11")]
-    start, _ = run(wrap(Full()), scope(headers=headers))
-    assert start["status"] == 200 and handled == [BODY]
+    start, _ = run(handled.wrap(Full()), scope(headers=headers))
+    assert start["status"] == 200 and handled.seen == [BODY]
 
 
 def test_the_caller_is_checked_before_the_body_is_read() -> None:
@@ -173,17 +204,14 @@ def test_the_caller_is_checked_before_the_body_is_read() -> None:
             await send({"type": "http.response.start", "status": 401, "headers": []})
             await send({"type": "http.response.body", "body": b"no"})
 
-    FastRoutes.register("/fast", handler, authorize=authorize, max_body_bytes=100, timeout=5)
-    try:
-        start, _ = run(wrap(Refusing()), scope(), reads=order)
-        assert start["status"] == 401 and order == ["authorize"] and seen == []
-        order.clear()
-        headers = [*scope()["headers"], (b"authorization", b"alice")]
-        start, _ = run(wrap(Refusing()), scope(headers=headers), reads=order)
-        assert start["status"] == 200 and order == ["authorize", "read"]
-        assert seen == [(BODY, "alice")]
-    finally:
-        FastRoutes.clear()
+    app = served(Refusing(), handler, authorize=authorize)
+    start, _ = run(app, scope(), reads=order)
+    assert start["status"] == 401 and order == ["authorize"] and seen == []
+    order.clear()
+    headers = [*scope()["headers"], (b"authorization", b"alice")]
+    start, _ = run(app, scope(headers=headers), reads=order)
+    assert start["status"] == 200 and order == ["authorize", "read"]
+    assert seen == [(BODY, "alice")]
 
 
 def test_a_slow_handler_gets_bentomls_504_and_a_failing_one_its_500() -> None:
@@ -194,18 +222,11 @@ def test_a_slow_handler_gets_bentomls_504_and_a_failing_one_its_500() -> None:
     async def failing(scope: dict[str, Any], body: bytes, caller: Any) -> FastResponse | None:
         raise RuntimeError("boom")
 
-    try:
-        FastRoutes.register("/fast", slow, max_body_bytes=100, timeout=0.05)
-        start, body = run(wrap(Full()), scope())
-        assert start["status"] == 504
-        assert json.loads(body["body"]) == {
-            "error": "Not able to process the request in 0.05 seconds"
-        }
-        FastRoutes.register("/fast", failing, max_body_bytes=100, timeout=5)
-        start, body = run(wrap(Full()), scope())
-        assert start["status"] == 500 and "unexpected error" in json.loads(body["body"])["error"]
-    finally:
-        FastRoutes.clear()
+    start, body = run(served(Full(), slow, timeout=0.05), scope())
+    assert start["status"] == 504
+    assert json.loads(body["body"]) == {"error": "Not able to process the request in 0.05 seconds"}
+    start, body = run(served(Full(), failing), scope())
+    assert start["status"] == 500 and "unexpected error" in json.loads(body["body"])["error"]
 
 
 def test_the_timeout_covers_the_caller_check_and_the_body_too() -> None:
@@ -225,16 +246,11 @@ def test_the_timeout_covers_the_caller_check_and_the_body_too() -> None:
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    try:
-        FastRoutes.register("/fast", never, authorize=hanging, max_body_bytes=100, timeout=0.05)
-        start, _ = run(wrap(Full()), scope())
-        assert start["status"] == 504
-        FastRoutes.register("/fast", never, max_body_bytes=100, timeout=0.05)
-        sent: list[dict[str, Any]] = []
-        asyncio.run(wrap(Full())(scope(), silent, send))
-        assert sent[0]["status"] == 504
-    finally:
-        FastRoutes.clear()
+    start, _ = run(served(Full(), never, authorize=hanging, timeout=0.05), scope())
+    assert start["status"] == 504
+    sent: list[dict[str, Any]] = []
+    asyncio.run(served(Full(), never, timeout=0.05)(scope(), silent, send))
+    assert sent[0]["status"] == 504
 
 
 def traced_logger(name: str, fmt: str, stream: io.StringIO) -> logging.Logger:

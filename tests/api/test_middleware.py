@@ -1,10 +1,10 @@
-"""RequestGuard's rewriting of 400 bodies (auth/guard.py): only where and why, nothing else."""
+"""RequestGuard's rewriting of 400 bodies (api/middleware.py): only where and why, nothing else."""
 
 import asyncio
 import json
 from typing import Any
 
-from auth.guard import plain_errors
+from api.middleware import plain_errors
 
 PYDANTIC_400 = {
     "error": "1 validation error for EmployeeInput",

@@ -29,13 +29,15 @@ from dataclasses import dataclass, field
 from timeit import default_timer
 from typing import Any
 
+import bentoml
+from bentoml.exceptions import BentoMLException
+
+from api import internals
 from api.metrics import fast_path_counter, rejected_counter
-from auth.guard import JSON, REJECTION_REASONS, plain_json_body
+from api.middleware import JSON, REJECTION_REASONS, plain_json_body
 
 log = logging.getLogger("attrition.fastpath")
-access_log = logging.getLogger("bentoml.access")  # BentoML's access-log logger
-# BentoML's body for a 5xx raised inside an API.
-UNEXPECTED = b'{"error":"An unexpected error has occurred, please check the server log."}'
+access_log = logging.getLogger(internals.ACCESS_LOGGER)
 
 
 @dataclass(frozen=True)
@@ -64,17 +66,6 @@ class FastRoute:
     authorize: Authorize = anyone
 
 
-def traffic_timeout(service: str) -> float | None:
-    """The service's effective `traffic.timeout`, where BentoML's ServiceAppFactory reads it for
-    the TimeoutMiddleware: the decorator's arguments merged with BENTOML_CONFIG and
-    BENTOML_CONFIG_OVERRIDES (the decorator alone holds only what it was given)."""
-    from bentoml._internal.container import BentoMLContainer
-
-    services = BentoMLContainer.config.services.get()
-    timeout: float | None = services.get(service, {}).get("traffic", {}).get("timeout")
-    return timeout
-
-
 @dataclass
 class AccessLogFormat:
     """What BentoML's AccessLogMiddleware puts in a line (its configuration, read once)."""
@@ -87,79 +78,63 @@ class AccessLogFormat:
 
     @classmethod
     def from_bentoml(cls) -> "AccessLogFormat":
-        from bentoml._internal.container import BentoMLContainer
-
-        access = BentoMLContainer.api_server_config.logging.access
-        return cls(
-            enabled=bool(access.enabled.get()),
-            request_type=bool(access.request_content_type.get()),
-            request_length=bool(access.request_content_length.get()),
-            response_type=bool(access.response_content_type.get()),
-            response_length=bool(access.response_content_length.get()),
-        )
+        return cls(**internals.access_log_options())
 
 
 class FastRoutes:
-    """Registered POST handlers by exact path (one registry per worker process; the service
-    registers its handlers when its instance is created)."""
+    """The fast path's handlers by exact path, with the limits they answer under. The entry
+    service builds one per worker in its __init__ (its `fast_routes`), bound to its instance;
+    `wrap` finds it through BentoML's current service."""
 
-    handlers: dict[str, FastRoute] = {}
-    max_body_bytes: int = 1 << 20
-    timeout: float | None = None
-    access: AccessLogFormat | None = None
-    access_writer: "BufferedAccessLog | None" = None
-
-    @classmethod
-    def register(
-        cls,
-        path: str,
-        handler: Handler,
-        *,
-        authorize: Authorize = anyone,
-        max_body_bytes: int,
-        timeout: float | None,
+    def __init__(
+        self, handlers: dict[str, FastRoute], *, max_body_bytes: int, timeout: float | None
     ) -> None:
-        cls.handlers[path] = FastRoute(handler, authorize)
-        cls.max_body_bytes = max_body_bytes
-        cls.timeout = timeout
+        self.handlers = handlers
+        self.max_body_bytes = max_body_bytes
+        self.timeout = timeout
+        self.access: AccessLogFormat | None = None
+        self.access_writer: BufferedAccessLog | None = None
 
-    @classmethod
-    def clear(cls) -> None:
-        cls.handlers = {}
-
-    @classmethod
-    def close(cls) -> None:
+    def close(self) -> None:
         """Write the access-log lines still buffered. Call from the service's shutdown hook:
         after a graceful shutdown uvicorn raises SIGTERM again with the default handler, and the
         process ends without running atexit."""
-        if cls.access_writer is not None:
-            cls.access_writer.flush()
+        if self.access_writer is not None:
+            self.access_writer.flush()
 
 
-def wrap(app: Any) -> Any:
+def served_routes() -> FastRoutes | None:
+    """The fast routes of this worker's service instance: None before it exists, and for a
+    service without (the model service)."""
+    try:
+        service = bentoml.get_current_service()
+    except BentoMLException:
+        return None
+    routes = getattr(service, "fast_routes", None)
+    return routes if isinstance(routes, FastRoutes) else None
+
+
+def wrap(app: Any, find: Callable[[], FastRoutes | None] = served_routes) -> Any:
     """`app` behind the fast path: what a handler declines (or no handler serves) goes to it."""
 
     async def dispatch(scope: Any, receive: Any, send: Any) -> None:
-        route = (
-            FastRoutes.handlers.get(scope["path"])
-            if scope["type"] == "http" and scope["method"] == "POST"
-            else None
-        )
+        routes = find() if scope["type"] == "http" and scope["method"] == "POST" else None
+        route = routes.handlers.get(scope["path"]) if routes is not None else None
         if (
             route is None
+            or routes is None
             or scope.get("query_string")
-            or not plain_json_body(scope["headers"], FastRoutes.max_body_bytes)
+            or not plain_json_body(scope["headers"], routes.max_body_bytes)
         ):
             await app(scope, receive, send)
             return
         started = default_timer()
         messages: list[dict[str, Any]] = []
         try:
-            async with asyncio.timeout(FastRoutes.timeout):
+            async with asyncio.timeout(routes.timeout):
                 response = await _answer(route, scope, receive, messages)
         except TimeoutError:  # BentoML's answer after its traffic timeout
-            msg = f'{{"error":"Not able to process the request in {FastRoutes.timeout} seconds"}}'
-            response = FastResponse(504, msg.encode())
+            response = FastResponse(504, internals.timeout_body(routes.timeout))
         if response is None:
 
             async def replay() -> Any:
@@ -167,7 +142,7 @@ def wrap(app: Any) -> Any:
 
             await app(scope, replay, send)
             return
-        await _send(scope, send, response, started)
+        await _send(routes, scope, send, response, started)
 
     return dispatch
 
@@ -193,10 +168,12 @@ async def _answer(
         return await route.handler(scope, body, caller)
     except Exception:  # as BentoML answers an exception in an API
         log.exception("%s %s failed", scope["method"], scope["path"])
-        return FastResponse(500, UNEXPECTED)
+        return FastResponse(500, internals.UNEXPECTED)
 
 
-async def _send(scope: Any, send: Any, response: FastResponse, started: float) -> None:
+async def _send(
+    routes: FastRoutes, scope: Any, send: Any, response: FastResponse, started: float
+) -> None:
     body = response.body
     headers = [
         (b"content-length", str(len(body)).encode()),
@@ -209,15 +186,15 @@ async def _send(scope: Any, send: Any, response: FastResponse, started: float) -
     if response.status >= 400:  # as RequestGuard counts the prediction routes' refusals
         reason = REJECTION_REASONS.get(response.status, f"http_{response.status}")
         rejected_counter().labels(reason=reason).inc()
-    access = FastRoutes.access
+    access = routes.access
     if access is None:
-        access = FastRoutes.access = AccessLogFormat.from_bentoml()
+        access = routes.access = AccessLogFormat.from_bentoml()
     if access.enabled:
-        _access_line(scope, access, response, started)
+        _access_line(routes, scope, access, response, started)
 
 
 def _access_line(
-    scope: Any, access: AccessLogFormat, response: FastResponse, started: float
+    routes: FastRoutes, scope: Any, access: AccessLogFormat, response: FastResponse, started: float
 ) -> None:
     """The line BentoML's AccessLogMiddleware writes, field for field."""
     latency = max(default_timer() - started, 0) * 1000
@@ -235,10 +212,12 @@ def _access_line(
         answer.append("type=application/json")
     if access.response_length:
         answer.append(f"length={len(response.body)}")
-    line = f"{address} ({','.join(request)}) ({','.join(answer)}) {latency:.3f}ms"
-    writer = FastRoutes.access_writer
+    line = internals.ACCESS_LINE.format(
+        address=address, request=",".join(request), response=",".join(answer), latency=latency
+    )
+    writer = routes.access_writer
     if writer is None:
-        writer = FastRoutes.access_writer = BufferedAccessLog(access_log)
+        writer = routes.access_writer = BufferedAccessLog(access_log)
     writer.write(line)
 
 

@@ -4,7 +4,12 @@ by reason on the prediction routes, a size limit (413), and 400 bodies in the do
 import json
 from typing import Any
 
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
 from api.metrics import rejected_counter
+from auth.login import NO_STORE
 from auth.middleware import error_body, send_json
 
 REJECTION_REASONS = {
@@ -17,7 +22,7 @@ REJECTION_REASONS = {
     422: "invalid_input",
 }
 JSON = b"application/json"
-# Set in a request's scope by the HTTP layer (auth/http.py) when it gave up waiting for the body
+# Set in a request's scope by the HTTP layer (api/protocol.py) when it gave up waiting for the body
 # and answered 408 itself; the application then reads http.disconnect.
 BODY_TIMED_OUT = "attrition.body_timed_out"
 BODY_TIMEOUT_MESSAGE = "request body not received in time"
@@ -200,3 +205,13 @@ class RequestGuard:
     async def _refuse(self, send: Any, size: int) -> None:
         msg = f"body of {size} bytes exceeds the limit of {self.max_bytes} bytes"
         await send_json(send, 413, error_body("request body too large", ["body"], msg, "too_large"))
+
+
+async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    """400 for malformed requests to the FastAPI routes, in the shape the middlewares use:
+    the field and the reason, never the submitted value (it may be a password)."""
+    assert isinstance(exc, RequestValidationError)
+    detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+    headers = NO_STORE if request.url.path == "/auth/token" else None
+    body = {"error": "invalid request", "detail": detail}
+    return JSONResponse(body, status_code=400, headers=headers)
