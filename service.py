@@ -153,7 +153,7 @@ class AttritionModel:
         max_latency_ms=settings.runner_max_latency_ms,
     )
     async def predict_proba(self, features: np.ndarray) -> np.ndarray:
-        """Probability of attrition for each row of `features`, in order: an (n, 1) array, or
+        """Probability of attrition for each row of `features`, in order: an (n,) array, or
         (n, 2) with a challenger (column 0 the pinned model, column 1 the challenger).
 
         `features` is `feature_matrix(employees)`: validated employees (the entry service checks
@@ -166,7 +166,9 @@ class AttritionModel:
         if features.ndim != 2 or features.shape[1] != len(FEATURES):
             raise ValueError(f"expected (n, {len(FEATURES)}) features, got {features.shape}")
         self.batch_sizes.observe(len(features))
-        return np.column_stack([scorer.proba(features) for scorer in self.scorers])
+        scores = [scorer.proba(features) for scorer in self.scorers]
+        # One model: the (n,) answer that entries of earlier versions read during a rollout.
+        return scores[0] if len(scores) == 1 else np.column_stack(scores)
 
     @bentoml.api(
         batchable=settings.runner_batching,
