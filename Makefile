@@ -11,19 +11,36 @@ PORT ?= 3000
 # Tests use their own model store so they never touch (or depend on) yours.
 TEST_BENTOML_HOME ?= $(CURDIR)/build/bentoml-test
 
-.PHONY: help install train model migrate serve serve-model test test-fast lint docs docs-serve build container bench loadtest oidc-provider oidc-rotation report clean
+.PHONY: help install lock train model migrate serve serve-model test test-fast lint docs docs-serve build container bench loadtest oidc-provider oidc-rotation report clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+# Every package, transitive ones included, comes from the hashed lock (docs/adr/0001-lock-file.md):
+# requirements/lock.txt for the venv (extras dev and monitoring), requirements/runtime.txt for the
+# Bento and its image, requirements/monitoring.txt for the monitoring image. `make lock` writes them.
+LOCK := requirements/lock.txt
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev,monitoring]"
+	$(BIN)/pip install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
-install: $(VENV)/.installed ## Create .venv and install the pinned dependencies
+install: $(VENV)/.installed ## Create .venv and install the locked dependencies (requirements/lock.txt)
+
+# Linux x86_64, CPython 3.11 (the image's). Pins already in a lock are kept unless pyproject.toml
+# no longer allows them: `make lock LOCK_ARGS=--upgrade` (or --upgrade-package NAME) moves them.
+# The runtime and monitoring locks are cut from the full one, so the three agree on every version.
+LOCK_ARGS ?=
+UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --quiet --generate-hashes --python-version 3.11 \
+	--python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock"
+lock: ## Regenerate the hashed locks in requirements/ from pyproject.toml (needs PyPI)
+	@test -x $(BIN)/uv || { echo "no uv in $(VENV): run make install"; exit 1; }
+	$(UV_COMPILE) $(LOCK_ARGS) --extra dev --extra monitoring -o $(LOCK)
+	$(UV_COMPILE) -c $(LOCK) -o requirements/runtime.txt
+	$(UV_COMPILE) -c $(LOCK) --extra monitoring -o requirements/monitoring.txt
 
 train: install ## Train, evaluate and save a new model to the BentoML model store
 	$(BIN)/python -m training
@@ -87,7 +104,7 @@ lint: install ## ruff, mypy, the docs site (mkdocs --strict), the Kubernetes ove
 	deploy/prometheus/install.sh
 	promtool check rules deploy/prometheus/alerts.yaml
 	promtool test rules deploy/prometheus/alerts_test.yaml
-	$(BIN)/actionlint .github/workflows/ci.yml
+	$(BIN)/actionlint .github/workflows/ci.yml .github/workflows/upstream.yml
 	bash -n deploy/image/build.sh deploy/image/podman.sh deploy/image/base.sh deploy/image/postgres.sh deploy/prometheus/install.sh
 	sh -n deploy/image/postgres-entrypoint.sh
 
@@ -110,9 +127,12 @@ LOADTEST_ARGS ?=
 loadtest: model ## Locust against a fresh server on PostgreSQL, gated; checks log rows = predictions
 	$(BIN)/python -m loadtests.run $(LOADTEST_ARGS)
 
-# The bench extra (Ray Serve peer, py-spy) goes into the same venv, only for the benchmark.
-$(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
-	$(BIN)/pip install --quiet -e ".[dev,bench]"
+# The bench extra (Ray Serve peer, py-spy) goes into the same venv, only for the benchmark, with
+# the lock's versions as constraints (without its hashes: pip would then want hashes for ray too).
+$(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml $(LOCK)
+	@mkdir -p build
+	sed -n 's/^\([A-Za-z0-9._-]*==[^ ]*\).*/\1/p' $(LOCK) > build/lock-constraints.txt
+	$(BIN)/pip install --quiet -c build/lock-constraints.txt -e ".[dev,bench]"
 	touch $@
 
 BENCH_ARGS ?=

@@ -24,6 +24,13 @@ from sqlmodel import Session
 from api import internals
 from api.fastpath import FastRoute, FastRoutes
 from api.lifecycle import Drain, freeze_heap
+from api.metrics import (
+    disk_gauges,
+    model_service_gauge,
+    model_unavailable,
+    monitoring_gauges,
+    runner_batch_histogram,
+)
 from api.middleware import RequestGuard, invalid_request
 from api.predictor import Predictor, label
 from api.schemas import (
@@ -40,19 +47,12 @@ from api.schemas import (
 from auth.login import PasswordGrant, Token
 from auth.middleware import JWTAuthMiddleware
 from auth.oidc import ProviderError, check_provider
-from persistence import inference_log
+from auth.users import login_lockouts
 from persistence.db import make_engine, upgrade
 from persistence.history import BadCursor, FilterText, FilterTime, get_inference, list_inferences
-from persistence.inference_log import InferenceLog
-from persistence.metrics import (
-    disk_gauges,
-    log_metrics,
-    login_lockouts,
-    model_service_gauge,
-    model_unavailable,
-    monitoring_gauges,
-    runner_batch_histogram,
-)
+from persistence.inference_log import writer as inference_log
+from persistence.inference_log.metrics import log_metrics
+from persistence.inference_log.writer import InferenceLog
 from persistence.models import USERNAME_MAX_LENGTH, USERNAME_PATTERN, InferencePublic
 from persistence.outcomes import OutcomesIn, OutcomesRefused, record_outcomes
 from persistence.reports import latest_report

@@ -33,8 +33,8 @@ import bentoml
 from bentoml.exceptions import BentoMLException
 
 from api import internals
+from api.metrics import fast_path_counter, rejected_counter
 from api.middleware import JSON, REJECTION_REASONS, plain_json_body
-from persistence.metrics import fast_path_counter, rejected_counter
 
 log = logging.getLogger("attrition.fastpath")
 access_log = logging.getLogger(internals.ACCESS_LOGGER)

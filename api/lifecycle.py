@@ -15,7 +15,7 @@ import psutil
 from bentoml.exceptions import ServiceUnavailable
 
 from api.internals import WORKER_MODULE
-from persistence.metrics import model_unavailable
+from api.metrics import model_unavailable
 
 log = logging.getLogger("attrition.lifecycle")
 T = TypeVar("T")

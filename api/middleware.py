@@ -8,9 +8,9 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from api.metrics import rejected_counter
 from auth.login import NO_STORE
 from auth.middleware import error_body, send_json
-from persistence.metrics import rejected_counter
 
 REJECTION_REASONS = {
     400: "invalid_input",

@@ -19,7 +19,7 @@ from api.fastpath import DECLINE, FastResponse
 from api.lifecycle import call_with_retry
 from api.schemas import Prediction
 from auth.middleware import JWTAuthMiddleware, Principal, Refusal
-from persistence.inference_log import InferenceLog, LogUnavailable, Record
+from persistence.inference_log.writer import InferenceLog, LogUnavailable, Record
 from settings import Settings
 from training.explain import Explanation, top_drivers
 from training.schema import Employee, EmployeeInput, feature_matrix

@@ -20,11 +20,8 @@ from settings import Settings
 
 log = logging.getLogger("attrition.auth")
 
-# Niceness of the password-check threads (Argon2 runs its 4 lanes on threads that inherit it), so
-# the worker's event loop wins the CPU over them. In the same 24-client flood (loadtests/abuse.py
-# flood, two runs each, a shared 2-core machine) the entry workers spent 49 % CPU at +10 against
-# 63-74 % at 0. Linux schedules each session of the root cpu cgroup as one entity (autogroup),
-# so there niceness cannot shield the runner or the database; in a container's own cgroup it can.
+# Niceness of the password-check threads (Argon2's lanes inherit it): the worker's event loop
+# wins the CPU over them. Why, and what it cannot shield: docs/adr/0018-login-concurrency.md.
 CHECK_NICENESS = 10
 # RFC 6749 5.1: token responses must not be cached; errors get the same headers.
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}

@@ -4,6 +4,7 @@ database; every function takes an explicit session."""
 import itertools
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import and_, case, delete, func, literal, or_, update
@@ -12,7 +13,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from auth.passwords import dummy_hash, hash_password, verify_password
-from persistence.metrics import login_lockouts
 from persistence.models import ROLES, LoginAttempt, User, UserCreate
 from persistence.types import UTCDateTime, utcnow
 
@@ -20,6 +20,16 @@ from persistence.types import UTCDateTime, utcnow
 # counted attempts per process, so random usernames cannot grow the table without bound.
 PURGE_EVERY = 256
 _counted = itertools.count(1)
+
+
+# Here rather than with the HTTP layer's metrics (api/metrics.py): auth never imports api.
+@lru_cache
+def login_lockouts() -> Any:
+    import prometheus_client as prom  # imported late: the worker sets PROMETHEUS_MULTIPROC_DIR
+
+    return prom.Counter(
+        "attrition_login_lockouts", "Usernames locked by a failed login (too many failures)"
+    )
 
 
 class UserError(ValueError):

@@ -36,7 +36,7 @@ from typing import Any
 
 import httpx
 
-from loadtests.harness import PROJECT_DIR, Server, temporary_database
+from tests.harness import PROJECT_DIR, Server, temporary_database
 
 SECRET = "login-bench-secret-" + "l" * 40
 PASSWORD = "login-bench-password"

@@ -28,7 +28,7 @@ import httpx
 import psutil
 
 from loadtests.cpu import Classifier, CpuMeter, Seen
-from loadtests.harness import (
+from tests.harness import (
     PROJECT_DIR,
     Server,
     ServerProcess,

@@ -31,7 +31,7 @@ import httpx
 import numpy as np
 
 from loadtests.bench import checkout
-from loadtests.harness import PROJECT_DIR, Server, auth_cli, temporary_database
+from tests.harness import PROJECT_DIR, Server, auth_cli, temporary_database
 
 SECRET = "blackhole-secret-" + "b" * 40  # 57 bytes: production mode accepts it
 PASSWORD = "blackhole-password-123"

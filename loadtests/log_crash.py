@@ -25,7 +25,7 @@ import psutil
 import psycopg
 
 from loadtests.bench import mint_token
-from loadtests.harness import Server, temporary_database
+from tests.harness import Server, temporary_database
 
 SECRET = "crash-secret-" + "c" * 40
 VICTIMS = ("entry_workers", "whole_server")

@@ -22,11 +22,12 @@ from typing import Any
 import psutil
 import psycopg
 
-from loadtests.harness import database_cpu, temporary_database
-from persistence import copytext, partitions
+from persistence import partitions
 from persistence.db import upgrade
-from persistence.inference_log import COLUMNS, Record, encode
-from persistence.sinks import PostgresSink
+from persistence.inference_log import copytext
+from persistence.inference_log.sinks import PostgresSink
+from persistence.inference_log.writer import COLUMNS, Record, encode
+from tests.harness import database_cpu, temporary_database
 from training.data import load_reference
 from training.schema import FEATURES
 

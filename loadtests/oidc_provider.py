@@ -16,7 +16,7 @@ import jwt
 import trustme
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from loadtests.harness import PROJECT_DIR, ServerProcess
+from tests.harness import PROJECT_DIR, ServerProcess
 
 INSTALL_DIR = PROJECT_DIR / "build" / "oidc-provider"
 # The audience (resource indicator) tokens carry unless a client asks for another.

@@ -27,8 +27,8 @@ import httpx
 import jwt
 
 from loadtests.abuse import employee
-from loadtests.harness import Server, temporary_database
 from loadtests.oidc_provider import Client, OpenIDProvider, private_key, signing_key
+from tests.harness import Server, temporary_database
 
 SECRET = "oidc-rotation-" + "r" * 40
 PREDICT = "/predict/attrition"

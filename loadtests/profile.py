@@ -34,7 +34,7 @@ from loadtests.bench import (
     wrk,
 )
 from loadtests.cpu import Seen
-from loadtests.harness import PROJECT_DIR, ServerProcess, temporary_database
+from tests.harness import PROJECT_DIR, ServerProcess, temporary_database
 
 PY_SPY = str(Path(sys.executable).with_name("py-spy"))
 

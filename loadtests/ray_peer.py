@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from loadtests.harness import ServerProcess, free_port
+from tests.harness import ServerProcess, free_port
 
 # Set before Ray is imported: its constants are read at import, in this process and in every
 # process it starts (they inherit this environment).

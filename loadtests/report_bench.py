@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from loadtests.harness import PROJECT_DIR, temporary_database
+from tests.harness import PROJECT_DIR, temporary_database
 
 
 def fill(url: str, rows: int, model_tag: str, outcome_share: float, seed: int) -> None:

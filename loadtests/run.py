@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from loadtests.harness import PROJECT_DIR, Server, auth_cli, inference_rows, temporary_database
+from tests.harness import PROJECT_DIR, Server, auth_cli, inference_rows, temporary_database
 
 LOCUSTFILE = PROJECT_DIR / "loadtests" / "locustfile.py"
 LOCUST_CONF = PROJECT_DIR / "loadtests" / "locust.conf"
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         problems.append("locust wrote no prediction counts")
     print(f"reports: {reports / 'report.html'}, {reports / 'locust_stats.csv'}")
     if problems:
-        # Keep the data dir: a spool left there holds records the database did not get.
+        # Keep the data dir: the inference log's files left there hold records the database did not get.
         print(f"FAILED: {'; '.join(problems)} (work dir kept: {work})", file=sys.stderr)
         return 1
     shutil.rmtree(work)

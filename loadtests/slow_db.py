@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from loadtests.bench import checkout, mint_token
-from loadtests.harness import PROJECT_DIR, Server, temporary_database
 from loadtests.log_crash import SECRET, Load, table_ids
+from tests.harness import PROJECT_DIR, Server, temporary_database
 
 WINDOW = 10.0  # seconds per peak in the time series
 SAMPLE = 0.25  # seconds between two looks at the files

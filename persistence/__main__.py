@@ -18,8 +18,8 @@ import sys
 from typing import Any
 
 from persistence.db import current_revision, make_engine, upgrade
-from persistence.dead_letters import DeadLetters
-from persistence.inference_log import directory
+from persistence.inference_log.dead_letters import DeadLetters
+from persistence.inference_log.writer import directory
 from persistence.retention import Tombstones
 from settings import Settings, get_settings
 
@@ -38,7 +38,7 @@ def dead_letters(settings: Settings, engine: Any) -> DeadLetters:
 
 def not_in_database(settings: Settings, letters: DeadLetters) -> list[str]:
     """What this folder holds that the database does not have yet."""
-    from persistence.wal import waiting_records
+    from persistence.inference_log.wal import waiting_records
 
     notes = []
     waiting = waiting_records(directory(settings.data_dir) / "wal")
@@ -155,7 +155,7 @@ def run_erasures(args: argparse.Namespace, settings: Settings, engine: Any) -> i
 
 
 def run_dead_letters(args: argparse.Namespace, settings: Settings, engine: Any) -> int:
-    from persistence.dead_letters import retry, stored
+    from persistence.inference_log.dead_letters import retry, stored
 
     letters = dead_letters(settings, engine)
     unmoved = letters.local_count()

@@ -18,8 +18,8 @@ def read_log(
 ) -> pd.DataFrame:
     """Logged predictions in [since, until), one row each, with the 30 inputs as columns."""
     columns = [getattr(Inference, c) for c in LOG_COLUMNS if c != "inputs"]
-    # The inputs as JSON text, parsed in one call: decoding 100,000 JSONB values one by one
-    # took about half of the read.
+    # The inputs as JSON text, parsed in one call rather than value by value
+    # (docs/adr/0020-monitoring-group-counts.md).
     query = select(*columns, cast(Inference.inputs, Text)).where(  # type: ignore[call-overload]
         col(Inference.created_at) >= since, col(Inference.created_at) < until
     )
@@ -38,8 +38,8 @@ def read_outcomes(
 ) -> pd.DataFrame:
     """The current outcome (highest revision) of each prediction of the same window that has one.
 
-    One join in the database: an IN list of the window's ids cost 17 s for 100,000 predictions
-    (binding 10,000 parameters per statement), the join well under one.
+    One join in the database, not an IN list of the window's ids
+    (docs/adr/0020-monitoring-group-counts.md).
     """
     latest = (
         select(Outcome.inference_id, func.max(Outcome.revision).label("revision"))

@@ -31,7 +31,8 @@ from sqlalchemy.engine import make_url
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
-from persistence import copytext, partitions
+from persistence import partitions
+from persistence.inference_log import copytext
 from persistence.models import DeadLetterRow, Inference, LogErasure, Outcome
 
 log = logging.getLogger("attrition.inference_log")

@@ -11,8 +11,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from loadtests.harness import PG_ADMIN, temporary_database
-from tests.helpers import PROJECT_DIR, Server
+from tests.harness import PG_ADMIN, Server, temporary_database
+from tests.helpers import PROJECT_DIR
 
 # A model store of the suite's own; set before anything imports bentoml.
 os.environ.setdefault("BENTOML_HOME", str(PROJECT_DIR / "build" / "bentoml-test"))

@@ -1,4 +1,5 @@
-"""Shared test helpers: the server harness, payloads from the real data, rendered overlays."""
+"""Shared test helpers: payloads from the real data, rendered overlays (the server harness is
+tests/harness.py)."""
 
 import re
 import shutil
@@ -9,11 +10,9 @@ from typing import Any
 
 import yaml
 
-from loadtests.harness import BENTOML, PROJECT_DIR, Server, free_port
+from tests.harness import PROJECT_DIR
 
-__all__ = [
-    "BENTOML", "CHALLENGE", "K8S", "PROJECT_DIR", "Server", "employee_rows", "free_port", "rendered",
-]  # fmt: skip
+__all__ = ["CHALLENGE", "K8S", "PROJECT_DIR", "employee_rows", "rendered"]
 
 # A WWW-Authenticate challenge built only from fixed texts: never a quote, backslash or byte of
 # the request.

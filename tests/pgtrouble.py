@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import psycopg
 
-from loadtests.harness import PG_ADMIN, temporary_database
+from tests.harness import PG_ADMIN, temporary_database
 
 
 def libpq(url: str) -> str:

@@ -5,7 +5,7 @@ import socket
 import threading
 import time
 
-from tests.helpers import free_port
+from tests.harness import free_port
 
 
 class TcpProxy:

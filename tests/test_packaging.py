@@ -1,5 +1,5 @@
-"""Packaging files agree with each other: the Bento's pins and the monitoring image's are the
-project's pins."""
+"""Packaging rules: pyproject.toml pins every direct dependency exactly (the locks in
+requirements/ pin the rest: tests/test_lock.py)."""
 
 import tomllib
 
@@ -8,21 +8,11 @@ import yaml
 from tests.helpers import PROJECT_DIR
 
 
-def test_bentofile_packages_equal_pyproject_dependencies() -> None:
+def test_pyproject_pins_every_dependency() -> None:
     project = tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text())["project"]
-    bentofile = yaml.safe_load((PROJECT_DIR / "bentofile.yaml").read_text())
-    assert sorted(bentofile["python"]["packages"]) == sorted(project["dependencies"])
-    assert all("==" in p for p in project["dependencies"]), "every dependency is pinned"
-
-
-def test_monitoring_image_pins_equal_the_monitoring_extra() -> None:
-    extra = tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text())["project"][
-        "optional-dependencies"
-    ]["monitoring"]
-    lines = (PROJECT_DIR / "deploy" / "image" / "monitoring-requirements.txt").read_text()
-    pins = [ln.strip() for ln in lines.splitlines() if ln.strip() and not ln.startswith("#")]
-    assert sorted(pins) == sorted(extra)
-    assert all("==" in p for p in extra), "every monitoring dependency is pinned"
+    extras = project["optional-dependencies"]
+    for where, requirements in [("dependencies", project["dependencies"]), *extras.items()]:
+        assert all("==" in r for r in requirements), f"{where}: every dependency is pinned"
 
 
 def test_configuration_has_no_version_key() -> None:

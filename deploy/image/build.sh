@@ -74,11 +74,11 @@ mkdir -p build/containerize
 echo "$IMAGE_NAME:$tag" >build/image.txt
 echo "built $IMAGE_NAME:$tag ($engine)"
 
-# The monitoring image: a context of only what it adds (the pins and the monitoring code).
+# The monitoring image: a context of only what it adds (the monitoring lock and code).
 started=$SECONDS
 rm -rf build/monitoring-image
 mkdir -p build/monitoring-image/monitoring
-cp deploy/image/monitoring-requirements.txt build/monitoring-image/
+cp requirements/monitoring.txt build/monitoring-image/monitoring-requirements.txt
 cp monitoring/*.py build/monitoring-image/monitoring/
 # The host's CA bundle for the build's downloads (a TLS-inspecting proxy), as a build secret.
 secret=()

@@ -10,9 +10,9 @@ import pytest
 
 from auth.__main__ import main as cli_main
 from auth.tokens import Verifier
-from loadtests.harness import auth_cli
 from settings import Settings, get_settings
 from tests.conftest import TEST_SECRET, PostgresDatabases, app_settings, database_url
+from tests.harness import auth_cli
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -22,7 +22,7 @@ from persistence.db import make_engine, upgrade
 from persistence.models import UserCreate
 from settings import Settings
 from tests.conftest import TEST_SECRET, PostgresDatabases
-from tests.helpers import free_port
+from tests.harness import free_port
 from tests.pgtrouble import deadlock, libpq, role_database, set_database, slots_taken, users_locked
 from tests.proxy import TcpProxy
 

@@ -16,16 +16,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlmodel import Session
 
 from api.lifecycle import ModelUnavailable, call_with_retry
-from auth.users import LockedOut, authenticate, create_user
-from persistence.db import make_engine
-from persistence.metrics import (
+from api.metrics import (
     disk_gauges,
-    login_lockouts,
     model_service_gauge,
     model_unavailable,
 )
+from auth.users import LockedOut, authenticate, create_user, login_lockouts
+from persistence.db import make_engine
 from persistence.models import UserCreate
-from tests.helpers import free_port
+from tests.harness import free_port
 from tests.persistence.conftest import url
 
 __all__ = ["url"]

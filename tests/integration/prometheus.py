@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import yaml
 
-from loadtests.harness import ServerProcess
+from tests.harness import ServerProcess
 
 
 class Prometheus(ServerProcess):

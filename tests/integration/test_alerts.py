@@ -20,11 +20,11 @@ import pytest
 import yaml
 from sqlmodel import Session
 
-from loadtests.harness import split_topology
 from loadtests.log_crash import entry_workers
 from persistence.db import make_engine
 from persistence.reports import save_report
 from tests.conftest import PASSWORD, SERVER_ENV, PostgresDatabases, Stack, seed_users, start_stack
+from tests.harness import split_topology
 from tests.helpers import PROJECT_DIR, employee_rows
 from tests.integration.prometheus import Prometheus
 from tests.promql import (

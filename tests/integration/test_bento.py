@@ -10,7 +10,8 @@ import pytest
 from auth.tokens import create_token
 from persistence.db import current_revision
 from tests.conftest import SERVER_ENV, app_settings, seed_users
-from tests.helpers import BENTOML, PROJECT_DIR, Server, employee_rows
+from tests.harness import BENTOML, Server
+from tests.helpers import PROJECT_DIR, employee_rows
 
 pytestmark = pytest.mark.integration
 

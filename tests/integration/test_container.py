@@ -18,10 +18,10 @@ import httpx
 import psycopg
 import pytest
 
-from loadtests.harness import PG_ADMIN, free_port, inference_rows
 from persistence import partitions
 from tests.conftest import PASSWORD, TEST_SECRET, PostgresDatabases, seed_users
 from tests.docblocks import doc_block
+from tests.harness import PG_ADMIN, free_port, inference_rows
 from tests.helpers import PROJECT_DIR, employee_rows, rendered
 from tests.integration.containers import podman
 from tests.integration.traffic import Traffic

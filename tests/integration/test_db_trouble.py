@@ -20,13 +20,13 @@ from sqlmodel import Session
 from auth.tokens import create_token
 from auth.users import create_user, delete_user
 from loadtests.db_blackhole import Run, load, report
-from loadtests.harness import inference_rows
 from persistence.db import make_engine
-from persistence.inference_log import COLUMNS, Record, encode
+from persistence.inference_log.sinks import PostgresSink
+from persistence.inference_log.writer import COLUMNS, Record, encode
 from persistence.models import UserCreate
-from persistence.sinks import PostgresSink
 from tests.conftest import PASSWORD, SERVER_ENV, PostgresDatabases, app_settings, seed_users
-from tests.helpers import Server, employee_rows
+from tests.harness import Server, inference_rows
+from tests.helpers import employee_rows
 from tests.pgtrouble import role_database, set_database, slots_taken, users_locked
 from tests.proxy import TcpProxy
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loadtests import harness
+from tests import harness
 from tests.conftest import SERVER_ENV
 
 pytestmark = pytest.mark.integration

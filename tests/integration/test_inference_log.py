@@ -20,14 +20,14 @@ import psutil
 import psycopg
 import pytest
 
-from loadtests.harness import inference_rows
 from loadtests.log_crash import HEADER, VICTIMS, crash_run, entry_workers
-from persistence.dead_letters import DeadLetters, stored
-from persistence.inference_log import directory
+from persistence.inference_log.dead_letters import DeadLetters, stored
+from persistence.inference_log.wal import waiting_records
+from persistence.inference_log.writer import directory
 from persistence.retention import Tombstones
-from persistence.wal import waiting_records
 from tests.conftest import SERVER_ENV, PostgresDatabases, Stack, app_settings, seed_users
-from tests.helpers import PROJECT_DIR, Server, employee_rows
+from tests.harness import Server, inference_rows
+from tests.helpers import PROJECT_DIR, employee_rows
 from tests.proxy import TcpProxy
 
 pytestmark = pytest.mark.integration

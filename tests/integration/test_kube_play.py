@@ -18,7 +18,7 @@ import psycopg
 import pytest
 import yaml
 
-from loadtests.harness import free_port
+from tests.harness import free_port
 from tests.helpers import employee_rows, rendered
 from tests.integration.containers import podman
 

@@ -27,7 +27,8 @@ from loadtests.oidc_provider import (
     signing_key,
 )
 from tests.conftest import PASSWORD, SERVER_ENV, PostgresDatabases, seed_users
-from tests.helpers import PROJECT_DIR, Server, employee_rows, free_port
+from tests.harness import Server, free_port
+from tests.helpers import PROJECT_DIR, employee_rows
 
 pytestmark = pytest.mark.integration
 

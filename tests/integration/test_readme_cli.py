@@ -16,7 +16,8 @@ import httpx
 import pytest
 
 from tests.docblocks import doc_block
-from tests.helpers import PROJECT_DIR, Server, employee_rows
+from tests.harness import Server
+from tests.helpers import PROJECT_DIR, employee_rows
 from tests.integration.test_service import batch_histogram
 
 pytestmark = pytest.mark.integration
@@ -207,7 +208,7 @@ def test_the_migration_lines_work_as_written(tmp_path_factory: pytest.TempPathFa
     """On unchanged models they write an empty migration (on a database of the test's own)."""
     import psycopg
 
-    from loadtests.harness import PG_ADMIN
+    from tests.harness import PG_ADMIN
 
     root = new_checkout(tmp_path_factory)
     db = f"scratch_{uuid.uuid4().hex[:8]}"

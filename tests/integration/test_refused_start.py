@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SERVER_ENV, PostgresDatabases
-from tests.helpers import Server
+from tests.harness import Server
 
 pytestmark = pytest.mark.integration
 

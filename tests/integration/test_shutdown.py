@@ -9,9 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loadtests.harness import inference_rows
 from tests.conftest import SERVER_ENV, PostgresDatabases, app_settings, seed_users
-from tests.helpers import Server, employee_rows
+from tests.harness import Server, inference_rows
+from tests.helpers import employee_rows
 from tests.integration.traffic import Traffic
 
 pytestmark = pytest.mark.integration

@@ -12,8 +12,8 @@ import httpx
 import numpy as np
 import pytest
 
-from loadtests.harness import MODEL, Server, inference_rows, split_topology
 from tests.conftest import SERVER_ENV, PostgresDatabases, Stack, seed_users
+from tests.harness import MODEL, Server, inference_rows, split_topology
 from tests.helpers import employee_rows
 from tests.integration.test_service import batch_histogram
 from tests.integration.test_shutdown import bearer

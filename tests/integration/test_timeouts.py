@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from tests.conftest import SERVER_ENV, PostgresDatabases, Stack, app_settings, seed_users
-from tests.helpers import PROJECT_DIR, Server, employee_rows
+from tests.harness import Server
+from tests.helpers import PROJECT_DIR, employee_rows
 
 pytestmark = pytest.mark.integration
 

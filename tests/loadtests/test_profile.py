@@ -29,8 +29,8 @@ def test_threads_are_told_apart_and_counts_add_up(tmp_path: Path) -> None:
     raw.write_text(
         f"{MAIN};{LOOP};{HTTP} 7\n"
         f"{MAIN};{LOOP};{HTTP};{APP};decode (auth/tokens.py:1) 3\n"
-        "thread (0x2): inference-log;run (threading.py:1);write (persistence/inference_log.py:1) 5\n"
-        "thread (0x3): AnyIO worker thread;run (threading.py:1);state (persistence/inference_log.py:1) 1\n"
+        "thread (0x2): inference-log;run (threading.py:1);write (persistence/inference_log/writer.py:1) 5\n"
+        "thread (0x3): AnyIO worker thread;run (threading.py:1);state (persistence/inference_log/writer.py:1) 1\n"
         "thread (0x2): inference-log;run (threading.py:1);copy (psycopg/cursor.py:1);"
         "Connection.wait (psycopg/connection.py:1) 4\n"
     )

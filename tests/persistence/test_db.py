@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import text
 
 from persistence.db import CONNECTION_DEFAULTS, make_engine
-from persistence.sinks import PostgresSink
+from persistence.inference_log.sinks import PostgresSink
 from tests.proxy import TcpProxy
 
 # A connect must fail within its 3 s timeout; generous for a loaded machine.

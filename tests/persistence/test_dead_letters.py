@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from persistence.db import make_engine
-from persistence.dead_letters import DeadLetters, stored
-from persistence.inference_log import COLUMNS, encode
+from persistence.inference_log.dead_letters import DeadLetters, stored
+from persistence.inference_log.writer import COLUMNS, encode
 from persistence.retention import Tombstones, erase
 from tests.persistence.test_inference_log import record
 
@@ -87,7 +87,7 @@ def test_downgrade_refuses_to_drop_dead_letters(url: str, letters: DeadLetters) 
 def test_an_entry_appended_while_the_database_works_stays_for_the_next_move(
     letters: DeadLetters, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import persistence.dead_letters as dl
+    import persistence.inference_log.dead_letters as dl
 
     letters.add(COLUMNS, refused(record(1, subject="a\x00")))
     insert = dl.insert_ignoring

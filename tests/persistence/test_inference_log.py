@@ -19,9 +19,10 @@ import psycopg
 import pytest
 from sqlalchemy import text
 
-from persistence import copytext, wal
 from persistence.db import make_engine
-from persistence.inference_log import (
+from persistence.inference_log import copytext, wal
+from persistence.inference_log.sinks import PostgresSink, RowsRefused, make_sink
+from persistence.inference_log.writer import (
     COLUMNS,
     InferenceLog,
     LogUnavailable,
@@ -29,8 +30,8 @@ from persistence.inference_log import (
     directory,
     encode,
 )
-from persistence.sinks import PostgresSink, RowsRefused, make_sink
-from tests.helpers import PROJECT_DIR, free_port
+from tests.harness import free_port
+from tests.helpers import PROJECT_DIR
 
 
 def record(i: int, **fields: Any) -> Record:
@@ -345,8 +346,8 @@ CRASHER = """
 import json, sys, time, uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from persistence.inference_log import InferenceLog, Record
-from persistence.sinks import make_sink
+from persistence.inference_log.writer import InferenceLog, Record
+from persistence.inference_log.sinks import make_sink
 
 log = InferenceLog(make_sink(sys.argv[1]), Path(sys.argv[2]), flush_interval=3600)
 for i in range(int(sys.argv[3])):
@@ -376,8 +377,8 @@ PARTIAL = """
 import json, os, resource, sys, uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from persistence.inference_log import InferenceLog, LogUnavailable, Record
-from persistence.sinks import make_sink
+from persistence.inference_log.writer import InferenceLog, LogUnavailable, Record
+from persistence.inference_log.sinks import make_sink
 
 def rec(i):
     return Record(str(uuid.uuid4()), datetime.now(UTC).isoformat(), "disk", "/predict/attrition",
@@ -453,19 +454,6 @@ def test_replay_resumes_after_the_committed_marker(url: str, tmp_path: Path) -> 
         tmp_path / "wal", None, lambda c, d: replayed.append(d.count(b"\n")), 1 << 20
     )
     assert replayed == [4]  # only what the marker says is not in
-
-
-def test_spool_files_of_the_previous_version_are_replayed(url: str, tmp_path: Path) -> None:
-    spool = tmp_path / "spool"
-    spool.mkdir()
-    old = {**record(1)._asdict(), "inputs": {"Age": 41, "OverTime": "Yes"}}  # inputs as an object
-    del old["employee_ref"]
-    newer = record(2)._asdict()
-    del newer["employee_ref"]
-    (spool / "spool-1-dead.jsonl").write_text(json.dumps(old) + "\n" + json.dumps(newer) + "\n")
-    InferenceLog(make_sink(url), tmp_path / "log", legacy_spool=spool).start().close()
-    assert ids(url) == sorted([old["id"], newer["id"]])
-    assert not list(spool.iterdir())
 
 
 def wait_for(predicate: Any, timeout: float = 20) -> None:

@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 from sqlmodel import Session
 
+from api.metrics import monitoring_gauges
 from monitoring.drift import MIN_ROWS, drift
 from persistence.db import make_engine
-from persistence.metrics import monitoring_gauges
 from persistence.models import Inference
 from persistence.reports import latest_report, read_log, save_report
 from tests.persistence.conftest import partitions_for

@@ -22,9 +22,9 @@ import pytest
 from sqlalchemy import text
 from sqlmodel import Session
 
-from persistence import wal
 from persistence.db import make_engine
-from persistence.inference_log import COLUMNS, encode, from_settings
+from persistence.inference_log import wal
+from persistence.inference_log.writer import COLUMNS, encode, from_settings
 from persistence.models import Outcome
 from persistence.retention import sha256
 from tests.conftest import app_settings
@@ -90,7 +90,7 @@ def erasure_records(url: str) -> list[dict[str, Any]]:
 def dead_letters(url: str, *folders: Path) -> list[dict[str, str | None]]:
     """Every dead letter there is: in the database (if it keeps them) and in these folders'
     files, as the values of their lines."""
-    from persistence import copytext
+    from persistence.inference_log import copytext
 
     found = []
     engine = make_engine(url)
@@ -235,7 +235,7 @@ def test_a_dead_letter_moved_after_the_erasure_is_dropped_and_counted(
 ) -> None:
     """Pod C kept dave's dead letter in its folder (its database was away); the erasure runs
     elsewhere; when pod C's writer moves its dead letters, dave's is dropped and counted."""
-    from persistence.dead_letters import DeadLetters
+    from persistence.inference_log.dead_letters import DeadLetters
 
     letters = DeadLetters(tmp_path / "pod-c" / "inference-log" / "dead-letters.jsonl")
     dave = record(1, subject="dave\x00", employee_ref="E-4")
@@ -277,8 +277,8 @@ def test_a_backlog_written_after_its_erasure_is_removed_on_arrival(
 ) -> None:
     """A running worker's own backlog (its database away while the erasure ran elsewhere) is
     written when the database comes back: what the erasure covers is deleted on arrival."""
-    from persistence.inference_log import InferenceLog, directory
-    from persistence.sinks import make_sink
+    from persistence.inference_log.sinks import make_sink
+    from persistence.inference_log.writer import InferenceLog, directory
 
     made = datetime.now(UTC) - timedelta(minutes=5)
     log = InferenceLog(make_sink(url), directory(tmp_path / "pod-c"), database_url=url)
@@ -297,7 +297,7 @@ def test_an_erasure_during_a_retry_is_not_undone(
 ) -> None:
     """The erasure starts after the retry read the dead letters and before it wrote them: it
     waits for the retry, then deletes what the retry wrote."""
-    import persistence.dead_letters as dl
+    import persistence.inference_log.dead_letters as dl
 
     refuse_subject(url, "grace")
     write(url, tmp_path / "pod-a", [record(1, subject="grace", employee_ref="E-8")])

@@ -17,11 +17,17 @@ from typing import Any
 
 import pytest
 
-from persistence import copytext, inference_log, wal
 from persistence.db import make_engine
-from persistence.dead_letters import DeadLetters, stored
-from persistence.inference_log import COLUMNS, InferenceLog, LogUnavailable, directory, encode
-from persistence.sinks import make_sink
+from persistence.inference_log import copytext, wal, writer
+from persistence.inference_log.dead_letters import DeadLetters, stored
+from persistence.inference_log.sinks import make_sink
+from persistence.inference_log.writer import (
+    COLUMNS,
+    InferenceLog,
+    LogUnavailable,
+    directory,
+    encode,
+)
 from tests.helpers import PROJECT_DIR
 from tests.persistence.test_inference_log import count, ids, record, wait_for
 
@@ -30,14 +36,14 @@ def wal_bytes(log_dir: Path) -> int:
     """Bytes of every write-ahead segment under a log directory."""
     total = 0
     try:
-        directories = list((log_dir / "wal").iterdir())
+        workers = list((log_dir / "wal").iterdir())
     except FileNotFoundError:
         return 0
-    for directory in directories:
+    for worker in workers:
         # A worker's directory is renamed when made and deleted once replayed: glob() over
         # one that vanishes mid-walk raises, which would fail the sink's write it runs in.
         try:
-            segments = [entry for entry in os.scandir(directory) if entry.name.endswith(".log")]
+            segments = [entry for entry in os.scandir(worker) if entry.name.endswith(".log")]
         except (FileNotFoundError, NotADirectoryError):
             continue
         for entry in segments:
@@ -98,7 +104,7 @@ def test_a_writer_that_is_never_idle_seals_and_trims_its_files(
 def test_a_stopped_workers_records_are_replayed_while_the_writer_is_busy(
     url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(inference_log, "ORPHAN_SCAN_SECONDS", 0.0)  # look at every pass
+    monkeypatch.setattr(writer, "ORPHAN_SCAN_SECONDS", 0.0)  # look at every pass
     busy = Busy(make_sink(url), tmp_path, writes=150)
     log = InferenceLog(busy, tmp_path, flush_interval=0.01)
     busy.log = log
@@ -344,7 +350,7 @@ def test_a_long_replay_goes_in_parts_that_resume_where_the_last_stopped(
 def test_a_writer_replays_a_long_backlog_in_parts_and_finishes_it_at_close(
     url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(inference_log, "REPLAY_BATCHES_PER_PASS", 1)
+    monkeypatch.setattr(writer, "REPLAY_BATCHES_PER_PASS", 1)
     stopped = wal.WriteAheadLog(tmp_path / "wal", COLUMNS)
     sent = [record(i) for i in range(300)]
     data, n, _ = encode(sent)

@@ -13,9 +13,9 @@ import pytest
 from sqlmodel import Session
 
 from persistence.db import make_engine
-from persistence.inference_log import InferenceLog, Record
+from persistence.inference_log.sinks import make_sink
+from persistence.inference_log.writer import InferenceLog, Record
 from persistence.outcomes import OutcomeIn, record_outcomes
-from persistence.sinks import make_sink
 from tests.helpers import employee_rows
 from training.data import DataError, validate
 from training.from_log import from_log, with_original

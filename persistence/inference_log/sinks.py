@@ -1,6 +1,6 @@
 """Where the inference log's rows go: PostgreSQL through COPY, or SQLite through SQLAlchemy.
 
-A sink takes whole COPY text lines (persistence/copytext.py) with their column names. It raises
+A sink takes whole COPY text lines (persistence/inference_log/copytext.py) with their column names. It raises
 RowsRefused when the database refuses the rows themselves (a data error: retrying cannot help,
 so the writer isolates the refused rows), and anything else when it cannot write now.
 """
@@ -14,7 +14,8 @@ from datetime import datetime
 from functools import cache
 from typing import Any, Protocol
 
-from persistence import copytext, partitions
+from persistence import partitions
+from persistence.inference_log import copytext
 
 log = logging.getLogger("attrition.inference_log")
 

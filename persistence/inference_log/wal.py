@@ -322,19 +322,6 @@ def read_marker(path: Path) -> tuple[int, int]:
         return 0, 0
 
 
-def lines_chunks(data: bytes, max_bytes: int) -> list[bytes]:
-    """Whole lines of data in chunks of about max_bytes."""
-    chunks = []
-    start = 0
-    while start < len(data):
-        cut = data.rfind(b"\n", start, start + max_bytes) + 1
-        if cut <= start:  # a line longer than max_bytes
-            cut = data.index(b"\n", start) + 1
-        chunks.append(data[start:cut])
-        start = cut
-    return chunks
-
-
 Deliver = Callable[[tuple[str, ...], bytes], None]
 
 

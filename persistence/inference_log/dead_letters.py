@@ -26,7 +26,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, delete, func, update
 from sqlmodel import col, select
 
-from persistence import copytext, partitions
+from persistence import partitions
+from persistence.inference_log import copytext
 from persistence.models import DeadLetterRow, Inference
 from persistence.retention import (
     Keys,
@@ -365,7 +366,7 @@ def _writer(conn: Connection, engine: Engine) -> Any:
         from sqlalchemy import insert as sql_insert
         from sqlalchemy.exc import DataError, IntegrityError, StatementError
 
-        from persistence.sinks import RowsRefused, SqlAlchemySink
+        from persistence.inference_log.sinks import RowsRefused, SqlAlchemySink
 
         parse = SqlAlchemySink(str(engine.url)).rows
         statement = sql_insert(Inference).prefix_with("OR IGNORE")  # type: ignore[arg-type]
@@ -391,7 +392,7 @@ def _writer(conn: Connection, engine: Engine) -> Any:
 
 def unknown_columns(columns: Sequence[str]) -> str | None:
     """Why these cannot be the log's columns (they are put into SQL), or None."""
-    from persistence.sinks import ColumnsRefused, check_columns
+    from persistence.inference_log.sinks import ColumnsRefused, check_columns
 
     try:
         check_columns(tuple(columns))

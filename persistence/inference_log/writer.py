@@ -2,11 +2,9 @@
 the answer is sent; a background writer thread copies them into the database and deletes what
 the database has. The file is also the outage buffer: while the database is away the records
 simply stay in it, and any worker replays the files of a dead one (idempotently: the record id
-is the key). Rows the database refuses are isolated as dead letters (persistence/dead_letters.py).
+is the key). Rows the database refuses are isolated as dead letters (persistence/inference_log/dead_letters.py).
 """
 
-import fcntl
-import json
 import logging
 import threading
 import time
@@ -15,11 +13,11 @@ from typing import Any, NamedTuple, Protocol
 
 import anyio
 
-from persistence import copytext, wal
-from persistence.dead_letters import DeadLetters
+from persistence.inference_log import copytext, wal
+from persistence.inference_log.dead_letters import DeadLetters
+from persistence.inference_log.sinks import Sink, write_isolating
+from persistence.inference_log.wal import LogUnavailable, WriteAheadLog
 from persistence.retention import Tombstones
-from persistence.sinks import Sink, write_isolating
-from persistence.wal import LogUnavailable, WriteAheadLog
 
 __all__ = ["COLUMNS", "InferenceLog", "LogUnavailable", "Record", "encode"]
 
@@ -155,7 +153,6 @@ class InferenceLog:
         flush_interval: float = 0.2,
         retry_interval: float = 2.0,
         fsync: bool = False,
-        legacy_spool: Path | None = None,
         metrics: Metrics | None = None,
         database_url: str | None = None,
     ) -> None:
@@ -171,7 +168,6 @@ class InferenceLog:
         self.batch_bytes = batch_bytes
         self.flush_interval = flush_interval
         self.retry_interval = retry_interval
-        self.legacy_spool = legacy_spool
         self.metrics = metrics or NoMetrics()
         self.wakeup = threading.Event()
         self.stopping = threading.Event()
@@ -276,7 +272,7 @@ class InferenceLog:
         self.dead_letters.sync()
 
     def _replay(self) -> None:
-        """Records of dead workers (and of the spool of earlier versions)."""
+        """Records of dead workers."""
 
         def deliver(columns: tuple[str, ...], data: bytes) -> None:
             if self.abandoned.is_set():
@@ -289,8 +285,6 @@ class InferenceLog:
             done = wal.replay_orphans(
                 self.wal.root, self.wal.path, deliver, self.batch_bytes, budget
             ).done
-            if done and self.legacy_spool is not None:
-                self._replay_legacy_spool(self.legacy_spool, deliver)
             self.replaying = not done
             self.orphaned = 0
         except Abandoned:
@@ -299,30 +293,6 @@ class InferenceLog:
             self.healthy = False
             self.orphaned = wal.orphaned_records(self.wal.root, self.wal.path)
             log.info("replay of a stopped worker's records deferred: %s", exc)
-
-    def _replay_legacy_spool(self, directory: Path, deliver: wal.Deliver) -> None:
-        """Spool files (JSON lines of records) left by versions before the write-ahead files."""
-        for path in sorted(directory.glob("spool-*.jsonl")):
-            with open(path, "rb") as f:
-                try:
-                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # a worker of the old version still runs
-                records = []
-                for n, text in enumerate(f.read().splitlines(), 1):
-                    try:
-                        fields = json.loads(text)
-                        if not isinstance(fields["inputs"], str):
-                            fields["inputs"] = json.dumps(fields["inputs"])
-                        records.append(Record(**fields))
-                    except (ValueError, TypeError, KeyError):  # torn by a crash
-                        log.error("%s line %d is not a record; skipped", path.name, n)
-                data, _, refused = encode(records)
-                self.dead_letters.add(COLUMNS, refused)
-                for chunk in wal.lines_chunks(data, self.batch_bytes):
-                    deliver(COLUMNS, chunk)
-                path.unlink()
-            log.warning("replayed %d records from %s", len(records), path.name)
 
     def _run(self) -> None:
         try:
@@ -423,7 +393,7 @@ def directory(data_dir: Path) -> Path:
 
 def from_settings(settings: Any, metrics: Metrics | None = None) -> InferenceLog:
     """This worker's log as the settings describe it, started."""
-    from persistence.sinks import make_sink
+    from persistence.inference_log.sinks import make_sink
 
     return InferenceLog(
         make_sink(settings.sqlalchemy_url),
@@ -432,7 +402,6 @@ def from_settings(settings: Any, metrics: Metrics | None = None) -> InferenceLog
         flush_interval=settings.log_flush_interval_ms / 1000,
         retry_interval=settings.log_retry_seconds,
         fsync=settings.log_fsync,
-        legacy_spool=settings.data_dir / "spool",
         metrics=metrics,
         database_url=settings.sqlalchemy_url,
     ).start()

@@ -1,4 +1,5 @@
-"""Start and stop a real `bentoml serve` on a free port (used by the tests and the benchmarks)."""
+"""Start and stop a real `bentoml serve` on a free port, and temporary databases (used by the
+tests and the load tests)."""
 
 import os
 import random
