@@ -1,27 +1,22 @@
 """The attrition risk service: a model runner with adaptive batching behind an HTTP entry service."""
 
-import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Any
 from urllib.parse import parse_qsl
 
 import bentoml
 import numpy as np
 import pandas as pd
-from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import ValidationError
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from api import internals
+from api.app import create_app
+from api.deps import caller
 from api.fastpath import FastRoute, FastRoutes
 from api.lifecycle import Drain, freeze_heap
 from api.metrics import (
@@ -31,7 +26,7 @@ from api.metrics import (
     monitoring_gauges,
     runner_batch_histogram,
 )
-from api.middleware import RequestGuard, invalid_request
+from api.middleware import RequestGuard
 from api.predictor import Predictor, label
 from api.schemas import (
     EXPLAIN_DOC,
@@ -39,22 +34,16 @@ from api.schemas import (
     BatchPrediction,
     BatchRequest,
     ExplainQuery,
-    HistoryPage,
     Prediction,
-    RecordedOutcome,
-    RecordedOutcomes,
 )
-from auth.login import PasswordGrant, Token
+from auth.login import PasswordGrant
 from auth.middleware import JWTAuthMiddleware
 from auth.oidc import ProviderError, check_provider
 from auth.users import login_lockouts
 from persistence.db import make_engine, upgrade
-from persistence.history import BadCursor, FilterText, FilterTime, get_inference, list_inferences
 from persistence.inference_log import writer as inference_log
 from persistence.inference_log.metrics import log_metrics
 from persistence.inference_log.writer import InferenceLog
-from persistence.models import USERNAME_MAX_LENGTH, USERNAME_PATTERN, InferencePublic
-from persistence.outcomes import OutcomesIn, OutcomesRefused, record_outcomes
 from persistence.reports import latest_report
 from settings import get_settings
 from training.explain import (
@@ -162,18 +151,12 @@ class AttritionModel:
         )
 
 
-api = FastAPI(title="Attrition service: status and auth", docs_url=None, redoc_url=None)
-api.add_exception_handler(RequestValidationError, invalid_request)
+api = create_app()
 # While the installed BentoML and uvicorn are the versions api/internals.py was written for:
 # header size and read-time limits in every worker's uvicorn, /metrics by route, the fast path.
 internals.install(settings, api)
 # The runner's outputs are JSON (saves BentoML building their schema per response).
 internals.json_output(AttritionModel, "predict_proba", "explain")
-
-
-def caller(request: Request) -> Any:
-    """The authenticated principal (None when auth is off in development mode)."""
-    return getattr(request.state, "principal", None)
 
 
 @bentoml.service(name="AttritionService", http={"port": 3000})
@@ -215,16 +198,7 @@ class AttritionService:
             service_name="AttritionService",
         )
         # Found by the fast path (api/fastpath.py) in BentoML's request metrics middleware.
-        p = self.predictor
-        self.fast_routes = (
-            FastRoutes(
-                {"/predict/attrition": FastRoute(p.fast_predict, p.fast_authorize)},
-                max_body_bytes=settings.max_body_bytes,
-                timeout=internals.traffic_timeout(AttritionService.name),  # type: ignore[attr-defined]
-            )
-            if internals.gate().active
-            else None
-        )
+        self.fast_routes = self._fast_routes()
         self.drain = Drain(
             "AttritionService",
             delay=settings.shutdown_delay_seconds,
@@ -235,6 +209,24 @@ class AttritionService:
 
     def __is_ready__(self) -> bool:
         return not self.drain.draining
+
+    def _fast_routes(self) -> FastRoutes | None:
+        """The fast path's routes (api/fastpath.py), found by it in BentoML's request metrics
+        middleware; None (the full stack serves everything) while the internals gate is off or
+        a BentoML option the fast path would skip is on."""
+        name = AttritionService.name  # type: ignore[attr-defined]
+        if not internals.gate().active:
+            return None
+        bypassed = internals.bypassed_options(name)
+        if bypassed:
+            logger.warning("the fast path is off: it would skip BentoML's %s", ", ".join(bypassed))
+            return None
+        p = self.predictor
+        return FastRoutes(
+            {"/predict/attrition": FastRoute(p.fast_predict, p.fast_authorize)},
+            max_body_bytes=settings.max_body_bytes,
+            timeout=internals.traffic_timeout(name),
+        )
 
     @bentoml.on_deployment
     def migrate() -> None:
@@ -380,181 +372,3 @@ for _route in ("predict", "predict_batch"):  # the query parameters, in each rou
     AttritionService.apis[_route].doc += EXPLAIN_DOC  # type: ignore[attr-defined]
 AttritionService.add_asgi_middleware(RequestGuard, max_bytes=settings.max_body_bytes)  # type: ignore[attr-defined]
 AttritionService.add_asgi_middleware(JWTAuthMiddleware, settings=settings)  # type: ignore[attr-defined]
-
-
-# /health's file reads (the inference log's counts) on a thread of their own, never queued
-# behind route handlers that wait on the database in the shared pool.
-HEALTH_READS = ThreadPoolExecutor(1, "health")
-
-
-@api.get("/health")
-async def health(svc: AttritionService = Depends(bentoml.get_current_service)) -> dict[str, Any]:
-    """Liveness with the served model, uptime, and the state of the database and of the
-    inference log: `degraded` when either is not ok. Never waits on the database longer than
-    ATTRITION_USER_LOOKUP_SECONDS."""
-    database = await svc.auth.users.database()
-    logging_state = (
-        await asyncio.get_running_loop().run_in_executor(HEALTH_READS, svc.log.state)
-        if svc.log is not None
-        else {"state": "off"}
-    )
-    healthy = database == "ok" and logging_state["state"] in ("ok", "off")
-    return {
-        "status": "ok" if healthy else "degraded",
-        "model_tag": MODEL_TAG,
-        "uptime_seconds": round(time.monotonic() - svc.started, 1),
-        "database": database,
-        "inference_log": logging_state,
-        "internals": internals.gate().as_dict(),
-    }
-
-
-@api.get("/model")
-async def model_card(
-    svc: AttritionService = Depends(bentoml.get_current_service),
-) -> dict[str, Any]:
-    """The served model: tag, metrics, threshold and the feature schema."""
-    meta = svc.metadata
-    return {
-        "tag": MODEL_TAG,
-        "threshold": svc.threshold,
-        "model_family": meta.get("model_family"),
-        "threshold_rule": meta.get("threshold_rule"),
-        "metrics": {"cv": meta.get("cv"), "test": meta.get("test")},
-        "data_sha256": meta.get("data_sha256"),
-        "explanation": meta.get("explanation"),
-        "regularisation": meta.get("regularisation"),
-        "trained_at": meta.get("trained_at"),
-        "versions": meta.get("versions"),
-        "feature_schema": Employee.model_json_schema(),
-    }
-
-
-@api.post("/auth/token", response_model=Token, responses={400: {}, 429: {}, 503: {}})
-async def issue_token(
-    username: Annotated[
-        str, Form(min_length=1, max_length=USERNAME_MAX_LENGTH, pattern=USERNAME_PATTERN)
-    ],
-    password: Annotated[str, Form(max_length=1024)],
-    grant_type: Annotated[Literal["password"], Form()] = "password",
-    svc: AttritionService = Depends(bentoml.get_current_service),
-) -> Any:
-    """OAuth2 password grant. Unknown user and wrong password get the same answer."""
-    return await svc.password_grant(username, password)
-
-
-@api.get("/predict/history", response_model=HistoryPage)
-def history(
-    request: Request,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
-    since: Annotated[
-        FilterTime | None, Query(description="Inclusive lower bound (ISO 8601 with offset).")
-    ] = None,
-    until: Annotated[
-        FilterTime | None, Query(description="Exclusive upper bound (ISO 8601 with offset).")
-    ] = None,
-    label: Annotated[Literal["Yes", "No"] | None, Query()] = None,
-    min_probability: Annotated[float | None, Query(ge=0, le=1)] = None,
-    model_tag: Annotated[FilterText | None, Query(max_length=128)] = None,
-    subject: Annotated[FilterText | None, Query(max_length=255, description="Admins only.")] = None,
-    svc: AttritionService = Depends(bentoml.get_current_service),
-) -> Any:
-    """Recorded predictions, newest first; `history` users see only their own."""
-    who = caller(request)
-    if who is not None and not who.is_admin:
-        if subject is not None and subject != who.subject:
-            raise HTTPException(403, "only admins may read another subject's history")
-        subject = who.subject
-    with Session(svc.engine) as session:
-        try:
-            items, next_cursor = list_inferences(
-                session=session, limit=limit, cursor=cursor, subject=subject, since=since,
-                until=until, label=label, min_probability=min_probability, model_tag=model_tag,
-            )  # fmt: skip
-        except BadCursor as exc:
-            error = {"loc": ("query", "cursor"), "msg": str(exc), "type": "value_error"}
-            raise RequestValidationError([error]) from exc
-    return HistoryPage(
-        items=[InferencePublic.model_validate(i) for i in items], next_cursor=next_cursor
-    )
-
-
-@api.get("/predict/history/{inference_id}", response_model=InferencePublic)
-def history_item(
-    request: Request,
-    inference_id: uuid.UUID,
-    svc: AttritionService = Depends(bentoml.get_current_service),
-) -> Any:
-    """One recorded prediction; someone else's is 404 for non-admins."""
-    who = caller(request)
-    with Session(svc.engine) as session:
-        item = get_inference(session=session, inference_id=inference_id)
-    if item is None or (who is not None and not who.is_admin and item.subject != who.subject):
-        raise HTTPException(404, "no such inference")
-    return InferencePublic.model_validate(item)
-
-
-@api.post(
-    "/outcomes",
-    status_code=201,
-    response_model=RecordedOutcomes,
-    responses={400: {}, 404: {}, 409: {}},
-)
-def post_outcomes(
-    request: Request,
-    body: OutcomesIn,
-    svc: AttritionService = Depends(bentoml.get_current_service),
-) -> Any:
-    """What became of scored employees (role `outcomes`): all recorded, or none.
-
-    404 for an id that is unknown or another caller's (admins may use any), 409 for an outcome
-    already recorded (send `correction: true` to replace it; the history is kept), 400 for an
-    invalid body, an observation in the future or before the prediction.
-    """
-    who = caller(request)
-    with Session(svc.engine) as session:
-        try:
-            rows = record_outcomes(
-                session=session,
-                outcomes=body.outcomes,
-                subject=who.subject if who else "anonymous",
-                is_admin=who is None or who.is_admin,
-                now=datetime.now(UTC),
-            )
-        except OutcomesRefused as refused:
-            detail = [{"loc": p.loc, "msg": p.msg, "type": p.type} for p in refused.problems]
-            return JSONResponse({"detail": detail}, status_code=refused.status)
-        return RecordedOutcomes(
-            recorded=[RecordedOutcome.model_validate(r, from_attributes=True) for r in rows]
-        )
-
-
-@api.get("/monitoring/latest")
-def monitoring_latest(svc: AttritionService = Depends(bentoml.get_current_service)) -> Any:
-    """The summary of the last monitoring report (admin); 404 before the first report."""
-    with Session(svc.engine) as session:
-        report = latest_report(session=session)
-    if report is None:
-        raise HTTPException(404, "no monitoring report yet; run python -m monitoring report")
-    return {
-        "id": str(report.id),
-        "created_at": report.created_at.isoformat(),
-        "model_tag": report.model_tag,
-        "summary": report.summary,
-    }
-
-
-@api.get("/model/card", response_class=HTMLResponse)
-def model_card_html(svc: AttritionService = Depends(bentoml.get_current_service)) -> Any:
-    """The served model's card (HTML with plots), written when the model was trained."""
-    card = svc.model_ref.custom_objects.get("model_card")
-    if card is None:
-        raise HTTPException(404, f"{MODEL_TAG} was trained without a model card")
-    return HTMLResponse(card, headers={"X-Model-Tag": MODEL_TAG})
-
-
-@api.exception_handler(OperationalError)
-@api.exception_handler(PoolTimeout)  # every connection busy (or stuck on a silent database)
-async def database_unavailable(_: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"detail": "database unavailable; try again shortly"}, status_code=503)

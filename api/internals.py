@@ -45,6 +45,8 @@ REQUIRED: tuple[tuple[str, str], ...] = (
     (CONTEXT_MODULE, "server_context.bento_version"),
     (CONTAINER_MODULE, "BentoMLContainer.config.services"),
     (CONTAINER_MODULE, "BentoMLContainer.api_server_config.logging.access"),
+    (CONTAINER_MODULE, "BentoMLContainer.tracing.exporter_type"),
+    (CONTAINER_MODULE, "BentoMLContainer.http.cors.enabled"),
     (PROTOCOL_MODULE, "STATUS_LINE"),
     *(
         (PROTOCOL_MODULE, f"HttpToolsProtocol.{method}")
@@ -249,6 +251,26 @@ def traffic_timeout(service: str) -> float | None:
     services = container.config.services.get()
     timeout: float | None = services.get(service, {}).get("traffic", {}).get("timeout")
     return timeout
+
+
+def bypassed_options(service: str) -> list[str]:
+    """The BentoML options of `service` whose middlewares the fast path, running ahead of them,
+    would skip: tracing, CORS and `traffic.max_concurrency`. With any set, the fast path stays
+    off and the full stack serves every request."""
+    container = importlib.import_module(CONTAINER_MODULE).BentoMLContainer
+    found = []
+    exporter = container.tracing.exporter_type.get()
+    if exporter:
+        found.append(f"tracing ({exporter})")
+    if container.http.cors.enabled.get():
+        found.append("http.cors")
+    try:
+        services = container.config.services.get()
+    except KeyError:  # outside a 1.4 worker the configuration has no services
+        services = {}
+    if (services.get(service, {}).get("traffic") or {}).get("max_concurrency"):
+        found.append("traffic.max_concurrency")
+    return found
 
 
 def access_log_options() -> dict[str, bool]:

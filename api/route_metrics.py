@@ -10,7 +10,7 @@ from timeit import default_timer
 from typing import Any
 
 from fastapi import FastAPI
-from starlette.routing import Route
+from starlette.routing import Route, compile_path
 
 from api import fastpath, internals
 
@@ -35,13 +35,15 @@ class RouteLabels:
         server_context = internals.server_context()  # set by the worker before serving
         exact = set(BENTOML_PATHS) | set(server_context.service_routes)
         for app in self.apps:
-            for route in app.routes:
-                if not isinstance(route, Route):
-                    continue
-                if route.param_convertors:
-                    self.templates.append((route.path_regex, route.path))
+            # Its own routes, and (through its OpenAPI document) those of included routers,
+            # which FastAPI resolves lazily.
+            paths = [route.path for route in app.routes if isinstance(route, Route)]
+            paths += list(app.openapi().get("paths", {}))
+            for path in dict.fromkeys(paths):
+                if "{" in path:
+                    self.templates.append((compile_path(path)[0], path))
                 else:
-                    exact.add(route.path)
+                    exact.add(path)
         self.exact = frozenset(exact)
         return self.exact
 

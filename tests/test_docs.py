@@ -113,11 +113,6 @@ def exists(name: str) -> bool:
     return (PROJECT_DIR / name).exists()
 
 
-# The docs describe the layout of issue 17 (LAYOUT.md), merged from several branches; the routes
-# (api/app.py, api/routes/) are the last part to land.
-@pytest.mark.skipif(
-    not (PROJECT_DIR / "api" / "app.py").is_file(), reason="issue 17's api/ routes not merged yet"
-)
 def test_every_code_path_the_docs_name_exists() -> None:
     missing = {name: sorted(where) for name, where in code_paths().items() if not exists(name)}
     assert not missing, missing

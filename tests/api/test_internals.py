@@ -113,3 +113,40 @@ def test_no_other_module_names_a_private_bentoml_or_uvicorn_name() -> None:
             if PRIVATE.search(line):
                 offenders.append(f"{name}:{number}: {line.strip()}")
     assert offenders == []
+
+
+@pytest.fixture()
+def container() -> Iterator[Any]:
+    """BentoML's configuration container, its tracing, CORS and services restored after."""
+    from bentoml._internal.container import BentoMLContainer
+
+    exporter = BentoMLContainer.tracing.exporter_type.get()
+    cors = BentoMLContainer.http.cors.enabled.get()
+    try:
+        services = BentoMLContainer.config.services.get()
+    except KeyError:
+        services = None
+    yield BentoMLContainer
+    BentoMLContainer.tracing.exporter_type.set(exporter)
+    BentoMLContainer.http.cors.enabled.set(cors)
+    BentoMLContainer.config.services.set({} if services is None else services)
+
+
+def test_no_bentoml_option_the_fast_path_would_skip_is_on_by_default(container: Any) -> None:
+    assert internals.bypassed_options("AttritionService") == []
+
+
+def test_tracing_keeps_the_fast_path_off(container: Any) -> None:
+    container.tracing.exporter_type.set("zipkin")
+    assert internals.bypassed_options("AttritionService") == ["tracing (zipkin)"]
+
+
+def test_cors_keeps_the_fast_path_off(container: Any) -> None:
+    container.http.cors.enabled.set(True)
+    assert internals.bypassed_options("AttritionService") == ["http.cors"]
+
+
+def test_max_concurrency_keeps_the_fast_path_off(container: Any) -> None:
+    container.config.services.set({"AttritionService": {"traffic": {"max_concurrency": 8}}})
+    assert internals.bypassed_options("AttritionService") == ["traffic.max_concurrency"]
+    assert internals.bypassed_options("AttritionModel") == []

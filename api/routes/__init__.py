@@ -1,0 +1,1 @@
+"""The FastAPI routes, one module per resource."""

@@ -1,0 +1,40 @@
+"""GET /model and /model/card: the served model."""
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException
+from fastapi.responses import HTMLResponse
+
+from api.deps import ServiceDep
+from training.schema import Employee
+
+router = APIRouter()
+
+
+@router.get("/model")
+async def model_card(svc: ServiceDep) -> dict[str, Any]:
+    """The served model: tag, metrics, threshold and the feature schema."""
+    meta = svc.metadata
+    return {
+        "tag": svc.predictor.model_tag,
+        "threshold": svc.threshold,
+        "model_family": meta.get("model_family"),
+        "threshold_rule": meta.get("threshold_rule"),
+        "metrics": {"cv": meta.get("cv"), "test": meta.get("test")},
+        "data_sha256": meta.get("data_sha256"),
+        "explanation": meta.get("explanation"),
+        "regularisation": meta.get("regularisation"),
+        "trained_at": meta.get("trained_at"),
+        "versions": meta.get("versions"),
+        "feature_schema": Employee.model_json_schema(),
+    }
+
+
+@router.get("/model/card", response_class=HTMLResponse)
+def model_card_html(svc: ServiceDep) -> Any:
+    """The served model's card (HTML with plots), written when the model was trained."""
+    tag = svc.predictor.model_tag
+    card = svc.model_ref.custom_objects.get("model_card")
+    if card is None:
+        raise HTTPException(404, f"{tag} was trained without a model card")
+    return HTMLResponse(card, headers={"X-Model-Tag": tag})
