@@ -56,6 +56,7 @@ class Record(NamedTuple):
     latency_ms: float
     employee_ref: str | None = None
     drivers: str | None = None  # the explanation as JSON text, when the caller asked for one
+    trace_id: str | None = None  # 32 hex digits (api/tracing.py)
 
 
 COLUMNS: tuple[str, ...] = Record._fields
