@@ -57,14 +57,21 @@ class Predictor:
         self.log = log
         self.auth = auth
         self.server_header = internals.server_header(service_name)
+        tracer = tracing.tracer(settings)
         self.coalescer = Coalescer(
-            self._score, max_items=settings.runner_max_batch_size, lanes=settings.entry_batch_lanes
+            self._score,
+            max_items=settings.runner_max_batch_size,
+            lanes=settings.entry_batch_lanes,
+            tracer=tracer,
         )
         self.explain_coalescer = Coalescer(
             self._explain_rows,
             max_items=settings.runner_max_batch_size,
             lanes=settings.entry_batch_lanes,
+            tracer=tracer,
         )
+        if log is not None:
+            log.tracer = tracer
 
     async def _score(self, employees: list[Employee]) -> list[float]:
         """Call the model service; retried while its connection fails (a keep-alive connection

@@ -7,13 +7,15 @@ write-ahead append. Tracing is off unless OTEL_TRACES_EXPORTER=otlp (docs/operat
 """
 
 import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, Tracer
 
+from api import internals
 from settings import Settings
-
-tracer = trace.get_tracer("attrition")
 
 # Health and metrics scrapes are not requests anyone traces.
 UNTRACED_PATHS = ["/livez", "/healthz", "/readyz", "/metrics"]
@@ -69,3 +71,31 @@ def header(scope: dict[str, Any], name: bytes) -> str | None:
         if key == name:
             return str(value.decode("latin-1"))
     return None
+
+
+def tracer(settings: Settings) -> Tracer | None:
+    """The tracer of this worker's own spans, None with tracing off. Call in the worker (BentoML
+    builds its provider from the worker's configuration)."""
+    if settings.otel_traces_exporter == "none":
+        return None
+    return internals.tracer_provider().get_tracer("attrition")  # type: ignore[no-any-return]
+
+
+def current_context() -> SpanContext:
+    return trace.get_current_span().get_span_context()
+
+
+@contextmanager
+def batch_span(tracer: Tracer, requests: Sequence[SpanContext], items: int) -> Iterator[Span]:
+    """The span of one call the entry's Coalescer makes for the requests that shared it: a child
+    of the first request's span (so the model service's span lands in a request's trace) with
+    a link to each of them."""
+    parent = trace.set_span_in_context(NonRecordingSpan(requests[0])) if requests else None
+    links = [Link(c) for c in requests if c.is_valid]
+    with tracer.start_as_current_span(
+        "attrition.batch",
+        context=parent,
+        links=links,
+        attributes={"attrition.batch.requests": len(requests), "attrition.batch.items": items},
+    ) as span:
+        yield span

@@ -38,6 +38,7 @@ from tests.harness import (
     split_topology,
     temporary_database,
 )
+from tests.otlp_receiver import otlp_receiver
 
 SECRET = "bench-secret-" + "b" * 40
 LUA = PROJECT_DIR / "loadtests" / "wrk" / "predict.lua"
@@ -56,6 +57,8 @@ class Scenario:
     """Not a BentoML server but the Ray Serve peer (loadtests/ray_peer.py) with this many replicas."""
     split: bool = False
     """The model service on a server of its own, the entry calling it by URL (split topology)."""
+    otlp_sink: bool = False
+    """Tracing on, every span exported to a local OTLP receiver that drops it."""
 
 
 SCENARIOS = {
@@ -96,6 +99,13 @@ SCENARIOS = {
             "fsync",
             "full service, each answer waits for its record's fdatasync (group fsync)",
             {"ATTRITION_LOG_FSYNC": "true"},
+        ),
+        Scenario(
+            "tracing",
+            "full service, OpenTelemetry tracing on: every trace exported over OTLP/HTTP to a "
+            "local receiver (the fast path steps aside)",
+            {"OTEL_TRACES_EXPORTER": "otlp"},
+            otlp_sink=True,
         ),
         Scenario(
             "noauth",
@@ -471,6 +481,9 @@ def run(args: argparse.Namespace) -> int:
                         "ATTRITION_DATABASE_URL": url,
                         **sc.env,
                     }
+                    if sc.otlp_sink:
+                        sink = stack.enter_context(otlp_receiver(keep=False))
+                        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = sink.url
                     token = mint_token(env, cwd) if sc.auth else ""
                     try:
                         servers = start(name, sc, env, work, cwd, sample, model_tag, stack)

@@ -13,7 +13,8 @@ import httpx
 import pytest
 
 from tests.conftest import SERVER_ENV, PostgresDatabases, Stack, app_settings, seed_users
-from tests.helpers import Server, employee_rows
+from tests.harness import Server
+from tests.helpers import employee_rows
 from tests.integration.test_http_limits import BODY_TIMEOUT, body_pending, one_response, status
 from tests.integration.test_inference_log import rows_for, wait_for
 
