@@ -9,6 +9,7 @@ import logging
 import threading
 import time
 from collections import deque
+from itertools import islice
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
@@ -218,13 +219,19 @@ class InferenceLog:
         if self.tracer is None or not n:
             position = self.wal.append(data, n) if n else self.wal.position
         else:
-            request = trace.get_current_span().get_span_context()
-            with self.tracer.start_as_current_span(
-                "attrition.log.append",
-                attributes={"attrition.log.records": n, "attrition.log.bytes": len(data)},
-            ):
-                position = self.wal.append(data, n)
-            self.span_contexts.extend([request] * n)
+            # Queued before the lines exist, so the writer never sees a line without its context
+            # (appends come from the event loop alone: the queue's order is the file's).
+            self.span_contexts.extend([trace.get_current_span().get_span_context()] * n)
+            try:
+                with self.tracer.start_as_current_span(
+                    "attrition.log.append",
+                    attributes={"attrition.log.records": n, "attrition.log.bytes": len(data)},
+                ):
+                    position = self.wal.append(data, n)
+            except BaseException:
+                for _ in range(n):
+                    self.span_contexts.pop()
+                raise
         if not self.wakeup.is_set() and self.wal.backlog_bytes() >= self.batch_bytes:
             self.wakeup.set()
         return position
@@ -264,7 +271,7 @@ class InferenceLog:
         if self.tracer is None:
             return self._deliver(columns, data, fresh=True)
         queued = min(n, len(self.span_contexts))
-        requests = [self.span_contexts[i] for i in range(queued)]
+        requests = list(islice(self.span_contexts, queued))
         unique = {(c.trace_id, c.span_id): c for c in requests if c.is_valid}  # a batch: one
         links = [Link(c) for c in unique.values()]
         with self.tracer.start_as_current_span(
