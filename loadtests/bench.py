@@ -108,6 +108,21 @@ SCENARIOS = {
             otlp_sink=True,
         ),
         Scenario(
+            "tracing-10",
+            "same, a tenth of the traces kept (parentbased_traceidratio 0.1)",
+            {
+                "OTEL_TRACES_EXPORTER": "otlp",
+                "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                "OTEL_TRACES_SAMPLER_ARG": "0.1",
+            },
+            otlp_sink=True,
+        ),
+        Scenario(
+            "fullstack",
+            "full service without the fast path (what tracing costs besides its spans)",
+            {"ATTRITION_FAST_PATH": "off"},
+        ),
+        Scenario(
             "noauth",
             "same, auth middleware off (dev mode)",
             {"ATTRITION_DEV_MODE": "true", "ATTRITION_AUTH_ENABLED": "false"},
