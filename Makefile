@@ -127,7 +127,7 @@ LOADTEST_ARGS ?=
 loadtest: model ## Locust against a fresh server on PostgreSQL, gated; checks log rows = predictions
 	$(BIN)/python -m loadtests.run $(LOADTEST_ARGS)
 
-# The bench extra (Ray Serve peer, py-spy) goes into the same venv, only for the benchmark, with
+# The bench extra (Ray Serve peers, py-spy) goes into the same venv, only for the benchmark, with
 # the lock's versions as constraints (without its hashes: pip would then want hashes for ray too).
 $(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml $(LOCK)
 	@mkdir -p build
@@ -136,7 +136,7 @@ $(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml $(LOCK)
 	touch $@
 
 BENCH_ARGS ?=
-bench: model $(VENV)/.bench-installed ## Side-by-side wrk benchmark (service scenarios, no-op ceiling, Ray Serve peer) -> reports/
+bench: model $(VENV)/.bench-installed ## Side-by-side wrk benchmark (service scenarios, no-op ceiling, floor, Ray Serve peers) -> reports/
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(BIN)/python -m loadtests.bench --batch-seconds 15 $(BENCH_ARGS)
 

@@ -3,8 +3,10 @@ throughput and latency, and where the CPU went per request, by process group.
 
 python -m loadtests.bench --scenarios full,noop,ray-1,ray-2 --concurrency 1,16,64 --duration 15
 python -m loadtests.bench --scenarios full --baseline main --batch-seconds 60   # before/after
+python -m loadtests.bench --scenarios floor,ray-2tier --concurrency 1,16 --duration 3 --warmup 1
 
-The ray-* scenarios need the `bench` extra (`make bench` installs it).
+The ray-* scenarios need the `bench` extra (`make bench` installs it). Before a peer is timed,
+its answers are checked against the service's on the same employees.
 """
 
 import argparse
@@ -54,7 +56,12 @@ class Scenario:
     path: str = "/predict/attrition"
     auth: bool = True
     ray_replicas: int = 0
-    """Not a BentoML server but the Ray Serve peer (loadtests/ray_peer.py) with this many replicas."""
+    """Not a BentoML server but a Ray Serve peer (loadtests/ray_peer.py) with this many replicas
+    (of its ingress deployment, with 2 tiers)."""
+    ray_tiers: int = 1
+    """2: the peer of the service's shape (token check and validation, then a model deployment)."""
+    floor: bool = False
+    """Not a BentoML server but the floor (loadtests/floor.py): bare ASGI on uvicorn, no model."""
     split: bool = False
     """The model service on a server of its own, the entry calling it by URL (split topology)."""
     otlp_sink: bool = False
@@ -142,6 +149,19 @@ SCENARIOS = {
                 ray_replicas=n,
             )
             for n in (1, 2)
+        ),
+        Scenario(
+            "ray-2tier",
+            "peer of the service's shape: Ray Serve throughput-optimized + HAProxy, ingress "
+            "(JWT, EmployeeInput) x2 -> handle (gRPC) -> model (@serve.batch, ONNX) x1; no log",
+            ray_replicas=2,  # the service's entry workers and model worker (configuration.yaml)
+            ray_tiers=2,
+        ),
+        Scenario(
+            "floor",
+            "floor: bare ASGI on uvicorn (httptools, uvloop), parses the JSON, answers a constant",
+            auth=False,
+            floor=True,
         ),
     ]
 }
@@ -236,6 +256,56 @@ def mint_token(env: dict[str, str], cwd: Path = PROJECT_DIR) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
+CHECKED_ROWS = 200
+TOLERANCE = 1e-6
+
+
+def answers(url: str, rows: list[dict[str, Any]], token: str = "") -> list[float]:
+    """The probability a server answers for each employee, one request each, in order."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
+        found = []
+        for row in rows:
+            response = client.post("/predict/attrition", json=row)
+            response.raise_for_status()
+            found.append(float(response.json()["probability"]))
+        return found
+
+
+def mismatches(
+    expected: list[float], got: list[float], tolerance: float = TOLERANCE
+) -> list[tuple[int, float, float]]:
+    """(row, expected, got) wherever the two differ by more than `tolerance`; a missing answer
+    counts as a difference."""
+    wrong = [
+        (i, e, g)
+        for i, (e, g) in enumerate(zip(expected, got, strict=False))
+        if abs(e - g) > tolerance
+    ]
+    if len(expected) != len(got):
+        wrong.append((min(len(expected), len(got)), float("nan"), float("nan")))
+    return wrong
+
+
+def service_answers(
+    args: argparse.Namespace, work: Path, model_tag: str, rows: list[dict[str, Any]]
+) -> list[float]:
+    """This checkout's service's answers for `rows`, from a server started for them alone."""
+    with scenario_database(args) as url:
+        env = {
+            "ATTRITION_JWT_SECRET": SECRET,
+            "ATTRITION_DATA_DIR": str(work / "data-reference"),
+            "ATTRITION_MODEL_TAG": model_tag,
+            "ATTRITION_DATABASE_URL": url,
+        }
+        token = mint_token(env)
+        server = Server("service:AttritionService", env, log=work / "reference.log")
+        try:
+            return answers(server.url, rows, token)
+        finally:
+            server.stop()
+
+
 RESULT = re.compile(r"RESULT (.*)")
 WRK = "wrk"
 DRIVER = "driver"
@@ -249,12 +319,15 @@ GROUPS = {
     "pg:server": "PostgreSQL's own processes (postmaster, checkpointer, WAL writer...)",
     "pg:exited": "PostgreSQL backends that exited during the run: this database's, and any too short-lived to be sampled (those may be another database's)",
     "ray:replicas": "Ray Serve replicas (direct HTTP ingress, @serve.batch, ONNX)",
+    "ray:ingress": "2-tier peer's ingress replicas (direct HTTP ingress, JWT, validation, handle)",
+    "ray:model": "2-tier peer's model replicas (@serve.batch, ONNX)",
     "ray:haproxy": "HAProxy in front of the replicas",
     "ray:actors": "Ray Serve controller, proxy and HAProxy manager actors",
     "ray:core": "raylet and GCS server",
     "ray:other": "Ray driver, agents and monitors",
     WRK: "the load generator",
     DRIVER: "this bench process (the CPU sampler)",
+    "floor": "the floor's uvicorn process",
     REST: "everything else on the machine (other users), in cores kept busy",
 }
 
@@ -313,6 +386,10 @@ def ray_group(seen: Seen) -> str:
     title = " ".join(seen.cmdline)
     if seen.name == "haproxy":
         return "ray:haproxy"
+    if "AttritionIngressPeer" in title:  # ray::ServeReplica:<app>:<deployment>
+        return "ray:ingress"
+    if "AttritionModelPeer" in title:
+        return "ray:model"
     if "ServeReplica" in title:
         return "ray:replicas"
     if any(k in title for k in ("ServeController", "ProxyActor", "HAProxyManager")):
@@ -359,7 +436,16 @@ def postmaster() -> int | None:
     return None
 
 
-def classifier_for(servers: list[ServerProcess], database: str | None, ray: bool) -> Classifier:
+def server_group(sc: Scenario) -> Any:
+    """How the processes of the scenario's servers are grouped."""
+    if sc.ray_replicas:
+        return ray_group
+    if sc.floor:
+        return lambda seen: "floor"
+    return bentoml_group
+
+
+def classifier_for(servers: list[ServerProcess], database: str | None, group: Any) -> Classifier:
     """Who is who during one wrk run of this scenario (`servers`: the one it calls first)."""
     me = os.getpid()
     reapers = {me: WRK}  # wrk is this process's only child that exits during the run
@@ -371,7 +457,7 @@ def classifier_for(servers: list[ServerProcess], database: str | None, ray: bool
     return Classifier(
         # The server's tree is looked up first (it is also this process's child).
         roots={
-            **{s.proc.pid: ray_group if ray else bentoml_group for s in servers},
+            **{s.proc.pid: group for s in servers},
             me: lambda seen: WRK if seen.name == "wrk" else DRIVER,
         },
         matchers=[postgres_matcher(database)],
@@ -388,6 +474,7 @@ def start(
     cwd: Path,
     sample: bytes,
     model_tag: str,
+    token: str,
     stack: ExitStack,
 ) -> list[ServerProcess]:
     """The scenario's servers (from the checkout in `cwd`), the one wrk calls first; `stack`
@@ -400,8 +487,18 @@ def start(
         from loadtests.ray_peer import RayPeer
 
         server = RayPeer(
-            replicas=sc.ray_replicas, model_tag=model_tag, sample=sample, log=work / f"{name}.log"
+            replicas=sc.ray_replicas,
+            tiers=sc.ray_tiers,
+            model_tag=model_tag,
+            sample=sample,
+            log=work / f"{name}.log",
+            env=env,
+            token=token,
         )
+    elif sc.floor:
+        from loadtests.floor import FloorServer
+
+        server = FloorServer(sample=sample, log=work / f"{name}.log", env=dict(os.environ))
     else:
         server = Server(sc.target, env, log=work / f"{name}.log", cwd=cwd)
     stack.callback(server.stop)
@@ -474,6 +571,9 @@ def run(args: argparse.Namespace) -> int:
     batch_bodies = work / "batches.jsonl"
     write_bodies(batch_bodies, batch=1000)
     sample = bodies.read_bytes().split(b"\n", 1)[0]
+    # The employees every peer is checked on before it is timed, and the service's answers.
+    checked = [json.loads(line) for line in bodies.read_text().splitlines()[:CHECKED_ROWS]]
+    reference: list[float] | None = None
     # Every scenario, the peer included, serves this one model (and so the same ONNX export).
     model_tag = str(bentoml.models.get(get_settings().model_tag).tag)
     versions = [("", PROJECT_DIR)]
@@ -501,14 +601,29 @@ def run(args: argparse.Namespace) -> int:
                         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = sink.url
                     token = mint_token(env, cwd) if sc.auth else ""
                     try:
-                        servers = start(name, sc, env, work, cwd, sample, model_tag, stack)
+                        servers = start(name, sc, env, work, cwd, sample, model_tag, token, stack)
                     except RuntimeError as exc:  # report it, keep the other scenarios' numbers
                         failed.append(name)
                         print(f"{name}: did not start: {str(exc)[-3000:]}", file=sys.stderr)
                         continue
                     server = servers[0]
+                    if sc.ray_replicas:
+                        if reference is None:
+                            reference = service_answers(args, work, model_tag, checked)
+                        wrong = mismatches(reference, answers(server.url, checked, token))
+                        if wrong:
+                            failed.append(name)
+                            print(
+                                f"{name}: answers differ from the service's: {wrong[:5]}",
+                                file=sys.stderr,
+                            )
+                            continue
+                        print(
+                            f"{name}: {len(checked)} answers equal the service's within {TOLERANCE}",
+                            file=sys.stderr,
+                        )
                     database = url.rsplit("/", 1)[-1].split("?")[0]
-                    classifier = classifier_for(servers, database, ray=bool(sc.ray_replicas))
+                    classifier = classifier_for(servers, database, server_group(sc))
                     wrk(server.url, sc.path, bodies, token, 16, args.warmup)
                     for c in levels:
                         result = wrk(
@@ -532,7 +647,7 @@ def run(args: argparse.Namespace) -> int:
     raw = {"model_tag": model_tag, "duration_s": args.duration, "rows": rows, "batch": batch_rows}
     (REPORTS / f"bench-{stamp}.json").write_text(json.dumps(raw, indent=1) + "\n")
     if failed:
-        print(f"did not start: {', '.join(failed)} (see above)", file=sys.stderr)
+        print(f"did not start or answered wrong: {', '.join(failed)} (see above)", file=sys.stderr)
         return 1
     return 0
 

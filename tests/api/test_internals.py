@@ -16,7 +16,8 @@ from api import internals
 from settings import Settings
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
-PRIVATE = re.compile(r"_internal|_bentoml_impl|_bentoml_sdk|uvicorn\.protocols")
+# bentoml._internal, _bentoml_impl, _bentoml_sdk, uvicorn.protocols (not test_internals.py).
+PRIVATE = re.compile(r"(?<!\w)(_internal\b|_bentoml_impl|_bentoml_sdk)|uvicorn\.protocols")
 
 
 @pytest.fixture()

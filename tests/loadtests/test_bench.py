@@ -1,6 +1,7 @@
-"""The bench's goal table compares full with the best Ray configuration of the same pass."""
+"""The bench's goal table compares full with the best Ray configuration of the same pass; a peer
+is timed only if its answers match the service's."""
 
-from loadtests.bench import render_goal
+from loadtests.bench import mismatches, render_goal
 
 
 def cell(rps: float, p50: float, p99: float, number: int) -> dict[str, float]:
@@ -30,3 +31,12 @@ def test_each_pass_is_compared_with_its_own_best_ray_configuration() -> None:
 
 def test_no_table_without_a_peer() -> None:
     assert render_goal([("full", 16, cell(900, 20, 40, 1))]) == ""
+
+
+def test_answers_within_the_tolerance_match() -> None:
+    assert mismatches([0.25, 0.5], [0.25 + 1e-7, 0.5 - 1e-7]) == []
+
+
+def test_a_wrong_or_missing_answer_is_a_mismatch() -> None:
+    assert mismatches([0.25, 0.5, 0.75], [0.25, 0.5 + 2e-6, 0.75]) == [(1, 0.5, 0.5 + 2e-6)]
+    assert [i for i, _, _ in mismatches([0.25, 0.5], [0.25])] == [1]
