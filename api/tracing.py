@@ -2,8 +2,9 @@
 OTEL_* variables, the trace id each inference record carries, and the entry's own spans.
 
 BentoML 1.4 builds the spans of the HTTP entry (its ASGI instrumentation) and of the call to the
-model service; this module adds the batch a request joined in the entry's Coalescer and the
-write-ahead append. Tracing is off unless OTEL_TRACES_EXPORTER=otlp (docs/operations/tracing.md).
+model service; this module adds the batch a request joined in the entry's Coalescer (the
+inference log adds its append and COPY spans). Tracing is off unless OTEL_TRACES_EXPORTER=otlp
+(docs/operations/tracing.md).
 """
 
 import re
