@@ -559,6 +559,33 @@ def checkout(revision: str, work: Path) -> Path:
     return target
 
 
+@dataclass(frozen=True)
+class BeforeAfter:
+    """What a before/after measurement runs: the served model, the reference rows to send, a
+    work folder, and the checkouts to serve from (the baseline's first, then this one)."""
+
+    model_tag: str
+    rows: list[dict[str, Any]]
+    work: Path
+    versions: list[tuple[str, Path]]
+
+
+def before_and_after(baseline: str | None, prefix: str) -> BeforeAfter:
+    import bentoml
+
+    from settings import get_settings
+    from training.data import load_reference
+    from training.schema import FEATURES
+
+    model_tag = str(bentoml.models.get(get_settings().model_tag).tag)
+    rows = load_reference()[list(FEATURES)].to_dict("records")
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    versions = [("this checkout", PROJECT_DIR)]
+    if baseline:
+        versions.insert(0, (baseline, checkout(baseline, work)))
+    return BeforeAfter(model_tag, rows, work, versions)
+
+
 def run(args: argparse.Namespace) -> int:
     """Every scenario's server in turn, measured with the same wrk settings."""
     import bentoml

@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from loadtests.bench import checkout
+from loadtests.bench import before_and_after
 from tests.harness import PROJECT_DIR, Server, auth_cli, temporary_database
 
 SECRET = "blackhole-secret-" + "b" * 40  # 57 bytes: production mode accepts it
@@ -229,18 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--after", type=float, default=25.0, help="seconds after the restore")
     parser.add_argument("--baseline", help="also run this git revision first (e.g. f660434)")
     args = parser.parse_args(argv)
-    import bentoml
-
-    from settings import get_settings
-    from training.data import load_reference
-    from training.schema import FEATURES
-
-    model_tag = str(bentoml.models.get(get_settings().model_tag).tag)
-    rows = load_reference()[list(FEATURES)].to_dict("records")
-    work = Path(tempfile.mkdtemp(prefix="attrition-blackhole-"))
-    versions = [("this checkout", PROJECT_DIR)]
-    if args.baseline:
-        versions.insert(0, (args.baseline, checkout(args.baseline, work)))
+    setup = before_and_after(args.baseline, "attrition-blackhole-")
+    model_tag, rows, work, versions = setup.model_tag, setup.rows, setup.work, setup.versions
     print(f"{args.clients} clients as {args.users} known users; blackhole from {args.before:.0f}"
           f" s to {args.before + args.during:.0f} s, then {args.after:.0f} s; model {model_tag};"
           f" logs in {work}\n", flush=True)  # fmt: skip

@@ -11,16 +11,15 @@ python -m loadtests.slow_db --clients 32 --delay-ms 10 --seconds 90 --baseline f
 import argparse
 import os
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loadtests.bench import checkout, mint_token
+from loadtests.bench import before_and_after, mint_token
 from loadtests.log_crash import SECRET, Load, table_ids
-from tests.harness import PROJECT_DIR, Server, temporary_database
+from tests.harness import Server, temporary_database
 
 WINDOW = 10.0  # seconds per peak in the time series
 SAMPLE = 0.25  # seconds between two looks at the files
@@ -158,18 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--catch-up", type=float, default=120.0, help="longest wait for rows")
     parser.add_argument("--baseline", help="also run the server of this git revision, first")
     args = parser.parse_args(argv)
-    import bentoml
-
-    from settings import get_settings
-    from training.data import load_reference
-    from training.schema import FEATURES
-
-    args.model_tag = str(bentoml.models.get(get_settings().model_tag).tag)
-    rows = load_reference()[list(FEATURES)].to_dict("records")
-    work = Path(tempfile.mkdtemp(prefix="attrition-slow-db-"))
-    versions = [("this checkout", PROJECT_DIR)]
-    if args.baseline:
-        versions.insert(0, (args.baseline, checkout(args.baseline, work)))
+    setup = before_and_after(args.baseline, "attrition-slow-db-")
+    args.model_tag, rows, work, versions = setup.model_tag, setup.rows, setup.work, setup.versions
     print(f"{args.clients} clients, {args.delay_ms:g} ms added to every database answer,"
           f" {args.seconds:g} s (logs in {work})\n", flush=True)  # fmt: skip
     results = []
