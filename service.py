@@ -36,6 +36,7 @@ from api.schemas import (
     ExplainQuery,
     Prediction,
 )
+from api.tracing import bentoml_tracing, trace_id
 from auth.login import PasswordGrant
 from auth.middleware import JWTAuthMiddleware
 from auth.oidc import ProviderError, check_provider
@@ -73,7 +74,7 @@ MODEL_TAG = str(bentoml.models.get(settings.model_tag).tag)
 MONITORING_CACHE_SECONDS = 30
 
 
-@bentoml.service(name="AttritionModel", workers=1)
+@bentoml.service(name="AttritionModel", workers=1, tracing=bentoml_tracing(settings))
 class AttritionModel:
     """The runner: loads the pipeline once per worker and scores adaptive batches."""
 
@@ -159,7 +160,7 @@ internals.install(settings, api)
 internals.json_output(AttritionModel, "predict_proba", "explain")
 
 
-@bentoml.service(name="AttritionService", http={"port": 3000})
+@bentoml.service(name="AttritionService", http={"port": 3000}, tracing=bentoml_tracing(settings))
 @bentoml.asgi_app(api, path="/")
 class AttritionService:
     """Entry service: validates input, calls the runner, returns typed answers."""
@@ -277,7 +278,12 @@ class AttritionService:
         # request.url would parse and rebuild the URL; the scope has the path.
         route = ctx.request.scope["path"]
         answer = await self.predictor.scored_and_recorded(
-            employees, caller(ctx.request), route, batch=batch, top_k=top_k
+            employees,
+            caller(ctx.request),
+            route,
+            batch=batch,
+            top_k=top_k,
+            trace_id=trace_id(ctx.request.headers.get("traceparent")),
         )
         ctx.response.headers["X-Request-ID"] = answer[0]
         return answer

@@ -13,7 +13,7 @@ import numpy as np
 from bentoml.exceptions import ServiceUnavailable
 from pydantic import TypeAdapter, ValidationError
 
-from api import internals
+from api import internals, tracing
 from api.batching import Coalescer
 from api.fastpath import DECLINE, FastResponse
 from api.lifecycle import call_with_retry
@@ -57,14 +57,21 @@ class Predictor:
         self.log = log
         self.auth = auth
         self.server_header = internals.server_header(service_name)
+        tracer = tracing.tracer(settings)
         self.coalescer = Coalescer(
-            self._score, max_items=settings.runner_max_batch_size, lanes=settings.entry_batch_lanes
+            self._score,
+            max_items=settings.runner_max_batch_size,
+            lanes=settings.entry_batch_lanes,
+            tracer=tracer,
         )
         self.explain_coalescer = Coalescer(
             self._explain_rows,
             max_items=settings.runner_max_batch_size,
             lanes=settings.entry_batch_lanes,
+            tracer=tracer,
         )
+        if log is not None:
+            log.tracer = tracer
 
     async def _score(self, employees: list[Employee]) -> list[float]:
         """Call the model service; retried while its connection fails (a keep-alive connection
@@ -123,7 +130,11 @@ class Predictor:
             return None
         try:
             request_id, [p], _ = await self.scored_and_recorded(
-                [employee], principal, scope["path"], batch=False
+                [employee],
+                principal,
+                scope["path"],
+                batch=False,
+                trace_id=tracing.trace_id(tracing.header(scope, b"traceparent")),
             )
         except ServiceUnavailable:  # as BentoML answers it on the full stack
             return FastResponse(503, internals.UNEXPECTED, self.server_header)
@@ -139,6 +150,7 @@ class Predictor:
         *,
         batch: bool,
         top_k: int | None = None,
+        trace_id: str | None = None,
     ) -> tuple[str, list[float], list[Explanation] | None]:
         """The one path every prediction takes: score (and explain, when asked), then put one
         record per row in the log (on this machine's storage) before the answer can be sent."""
@@ -166,7 +178,8 @@ class Predictor:
                 Record(record_id, created_at, subject, route, self.model_tag, batch_id,
                        i if batch else None, inputs_json(employee).decode(), p,
                        label(p, threshold), threshold, latency_ms,
-                       getattr(employee, "employee_ref", None), drivers[i] if drivers else None)
+                       getattr(employee, "employee_ref", None), drivers[i] if drivers else None,
+                       trace_id)
                 for i, (record_id, employee, p) in enumerate(zip(ids, employees, probs, strict=True))
             ]  # fmt: skip
             try:

@@ -86,6 +86,11 @@ class InferenceBase(SQLModel):
     label: str = Field(sa_type=Text)
     threshold: float
     latency_ms: float
+    trace_id: str | None = Field(
+        default=None,
+        sa_type=Text,
+        description="The OpenTelemetry trace of the request (32 hex digits), when it had one.",
+    )
     employee_ref: str | None = Field(
         default=None,
         sa_type=Text,
@@ -97,6 +102,13 @@ class InferenceBase(SQLModel):
         # not jsonb, for the same reason as inputs.
         sa_column=Column(JSON(none_as_null=True), nullable=True),
         description="The explanation returned with the prediction, when it was asked for.",
+    )
+    # The model that did not answer, scored on the same features in the same batch (a shadow):
+    # never returned to the caller. NULL when no challenger was configured.
+    challenger_tag: str | None = Field(default=None, sa_type=Text)
+    challenger_probability: float | None = None
+    challenger_label: str | None = Field(
+        default=None, sa_type=Text, description="At the challenger's own threshold."
     )
 
 
@@ -225,3 +237,27 @@ class DeadLetterRow(SQLModel, table=True):
     subject: str | None = Field(default=None, sa_type=Text)
     employee_ref: str | None = Field(default=None, sa_type=Text)
     created_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+
+
+class ModelChange(SQLModel, table=True):
+    """One promotion or rollback: from then on `to_tag` answers and the other model is the
+    shadow. The newest row is the current choice; no row means the pinned model answers."""
+
+    __tablename__ = "model_changes"
+    __table_args__ = (Index("ix_model_changes_at", "at"),)
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime, nullable=False))
+    action: str = Field(sa_type=Text, description="promote or rollback.")
+    from_tag: str = Field(sa_type=Text, description="The model that answered before.")
+    to_tag: str = Field(sa_type=Text, description="The model that answers from now on.")
+    changed_by: str = Field(sa_type=Text)
+    reason: str | None = Field(default=None, sa_type=Text)
+    monitoring_report_id: uuid.UUID | None = Field(
+        default=None, description="The monitoring report the decision relied on."
+    )
+    comparison: dict[str, Any] | None = Field(
+        default=None,
+        sa_column=Column(JSON(none_as_null=True), nullable=True),
+        description="The comparison numbers the decision relied on (that report's section).",
+    )
