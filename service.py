@@ -36,6 +36,7 @@ from api.schemas import (
     ExplainQuery,
     Prediction,
 )
+from api.tracing import bentoml_tracing, trace_id
 from auth.login import PasswordGrant
 from auth.middleware import JWTAuthMiddleware
 from auth.oidc import ProviderError, check_provider
@@ -118,7 +119,7 @@ class Scorer:
         )
 
 
-@bentoml.service(name="AttritionModel", workers=1)
+@bentoml.service(name="AttritionModel", workers=1, tracing=bentoml_tracing(settings))
 class AttritionModel:
     """The runner: loads the pipeline (and the challenger's) once per worker and scores
     adaptive batches with both."""
@@ -153,7 +154,7 @@ class AttritionModel:
         max_latency_ms=settings.runner_max_latency_ms,
     )
     async def predict_proba(self, features: np.ndarray) -> np.ndarray:
-        """Probability of attrition for each row of `features`, in order: an (n,) array, or
+        """Probability of attrition for each row of `features`, in order: an (n, 1) array, or
         (n, 2) with a challenger (column 0 the pinned model, column 1 the challenger).
 
         `features` is `feature_matrix(employees)`: validated employees (the entry service checks
@@ -166,9 +167,7 @@ class AttritionModel:
         if features.ndim != 2 or features.shape[1] != len(FEATURES):
             raise ValueError(f"expected (n, {len(FEATURES)}) features, got {features.shape}")
         self.batch_sizes.observe(len(features))
-        scores = [scorer.proba(features) for scorer in self.scorers]
-        # One model: the (n,) answer that entries of earlier versions read during a rollout.
-        return scores[0] if len(scores) == 1 else np.column_stack(scores)
+        return np.column_stack([scorer.proba(features) for scorer in self.scorers])
 
     @bentoml.api(
         batchable=settings.runner_batching,
@@ -191,7 +190,7 @@ internals.install(settings, api)
 internals.json_output(AttritionModel, "predict_proba", "explain")
 
 
-@bentoml.service(name="AttritionService", http={"port": 3000})
+@bentoml.service(name="AttritionService", http={"port": 3000}, tracing=bentoml_tracing(settings))
 @bentoml.asgi_app(api, path="/")
 class AttritionService:
     """Entry service: validates input, calls the runner, returns typed answers."""
@@ -325,7 +324,12 @@ class AttritionService:
         # request.url would parse and rebuild the URL; the scope has the path.
         route = ctx.request.scope["path"]
         answer = await self.predictor.scored_and_recorded(
-            employees, caller(ctx.request), route, batch=batch, top_k=top_k
+            employees,
+            caller(ctx.request),
+            route,
+            batch=batch,
+            top_k=top_k,
+            trace_id=trace_id(ctx.request.headers.get("traceparent")),
         )
         ctx.response.headers["X-Request-ID"] = answer[0]
         return answer

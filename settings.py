@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_DIR = Path(__file__).resolve().parent
@@ -109,6 +109,36 @@ class Settings(BaseSettings):
 
     runner_max_latency_ms: int = Field(1000, ge=1)
     """Latency bound the runner's adaptive batching dispatcher aims for."""
+
+    # The standard OpenTelemetry variables (no ATTRITION_ prefix): api/tracing.py turns them
+    # into BentoML's tracing option.
+    otel_traces_exporter: Literal["none", "otlp"] = Field(
+        "none", validation_alias="OTEL_TRACES_EXPORTER"
+    )
+    """otlp exports spans over OTLP/HTTP (OTEL_EXPORTER_OTLP_ENDPOINT); none (default) builds no spans."""
+
+    otel_exporter_otlp_protocol: Literal["http/protobuf"] = Field(
+        "http/protobuf",
+        validation_alias=AliasChoices(
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"
+        ),
+    )
+    """Also read from OTEL_EXPORTER_OTLP_PROTOCOL; only http/protobuf (the gRPC exporter is not installed)."""
+
+    otel_traces_sampler: Literal[
+        "always_on",
+        "always_off",
+        "traceidratio",
+        "parentbased_always_on",
+        "parentbased_always_off",
+        "parentbased_traceidratio",
+    ] = Field("parentbased_always_on", validation_alias="OTEL_TRACES_SAMPLER")
+    """BentoML always follows a sampled parent; the rest sets the share of new traces kept."""
+
+    otel_traces_sampler_arg: float | None = Field(
+        None, ge=0.0, le=1.0, validation_alias="OTEL_TRACES_SAMPLER_ARG"
+    )
+    """The ratio of the *traceidratio samplers (default 1.0)."""
 
     model_url: str | None = None
     """URL of a separately served model service (split topology), e.g. http://attrition-model:3000;

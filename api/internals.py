@@ -209,6 +209,19 @@ def metrics_base() -> type[Any]:
     return importlib.import_module(METRICS_MODULE).RunnerTrafficMetricsMiddleware  # type: ignore[no-any-return]
 
 
+def tracer_provider() -> Any:
+    """The tracer provider BentoML built from its `tracing` option (it exports the entry's and
+    the runner's spans; BentoML never makes it the global one). Another BentoML without it: the
+    global provider, which exports nothing unless someone configured it."""
+    container = importlib.import_module(CONTAINER_MODULE).BentoMLContainer
+    provider = getattr(container, "tracer_provider", None)
+    if provider is None:
+        from opentelemetry import trace
+
+        return trace.get_tracer_provider()
+    return provider.get()
+
+
 def server_context() -> Any:
     """BentoML's per-worker server context (routes, bento and service names)."""
     return importlib.import_module(CONTEXT_MODULE).server_context

@@ -141,11 +141,8 @@ async def call_with_retry(
             pause = min(max(pause * 2, 0.05), 1.0)
 
 
-# Allocations between young-generation collections (CPython's default is 700). A request
-# allocates a few hundred tracked objects that die with it, so the default collected on nearly
-# every request and a full collection every ~100. At 64 clients, 20,000 cut the no-op endpoint's
-# CPU per request by 10 % and its p99 from ~90 to ~40 ms, and the full service's p99 from ~75 to
-# ~50 ms (loadtests/bench.py).
+# Allocations between young-generation collections (CPython's default is 700, which collected on
+# nearly every request): docs/adr/0003-garbage-collector.md has the choice and its measurement.
 GC_GEN0_THRESHOLD = 20_000
 
 

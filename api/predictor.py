@@ -13,7 +13,7 @@ import numpy as np
 from bentoml.exceptions import ServiceUnavailable
 from pydantic import TypeAdapter, ValidationError
 
-from api import internals
+from api import internals, tracing
 from api.batching import Coalescer
 from api.fastpath import DECLINE, FastResponse
 from api.lifecycle import call_with_retry
@@ -77,14 +77,21 @@ class Predictor:
         self.log = log
         self.auth = auth
         self.server_header = internals.server_header(service_name)
+        tracer = tracing.tracer(settings)
         self.coalescer = Coalescer(
-            self._score, max_items=settings.runner_max_batch_size, lanes=settings.entry_batch_lanes
+            self._score,
+            max_items=settings.runner_max_batch_size,
+            lanes=settings.entry_batch_lanes,
+            tracer=tracer,
         )
         self.explain_coalescer = Coalescer(
             self._explain_rows,
             max_items=settings.runner_max_batch_size,
             lanes=settings.entry_batch_lanes,
+            tracer=tracer,
         )
+        if log is not None:
+            log.tracer = tracer
 
     def answering(self) -> int:
         """The column of the model that answers now: 1 once the challenger is promoted."""
@@ -151,7 +158,11 @@ class Predictor:
             return None
         try:
             request_id, [p], _, model = await self.scored_and_recorded(
-                [employee], principal, scope["path"], batch=False
+                [employee],
+                principal,
+                scope["path"],
+                batch=False,
+                trace_id=tracing.trace_id(tracing.header(scope, b"traceparent")),
             )
         except ServiceUnavailable:  # as BentoML answers it on the full stack
             return FastResponse(503, internals.UNEXPECTED, self.server_header)
@@ -167,6 +178,7 @@ class Predictor:
         *,
         batch: bool,
         top_k: int | None = None,
+        trace_id: str | None = None,
     ) -> tuple[str, list[float], list[Explanation] | None, Answering]:
         """The one path every prediction takes: score with both models (and explain, when
         asked), then put one record per row in the log (on this machine's storage) before the
@@ -202,7 +214,7 @@ class Predictor:
                        i if batch else None, inputs_json(employee).decode(), p,
                        label(p, threshold), threshold, latency_ms,
                        getattr(employee, "employee_ref", None), drivers[i] if drivers else None,
-                       *shadow_fields(shadow, row[1 - column] if shadow else None))
+                       trace_id, *shadow_fields(shadow, row[1 - column] if shadow else None))
                 for i, (record_id, employee, p, row)
                 in enumerate(zip(ids, employees, probs, scores, strict=True))
             ]  # fmt: skip

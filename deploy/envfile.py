@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from pydantic import AliasChoices
+from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from settings import PROJECT_DIR, Settings
@@ -34,6 +36,15 @@ def docstrings(path: Path = PROJECT_DIR / "settings.py") -> dict[str, str]:
     return docs
 
 
+def variable(name: str, field: FieldInfo) -> str:
+    """The environment variable of a setting: ATTRITION_<NAME>, or the standard name it reads
+    (the OTEL_* variables; the first when it reads several)."""
+    alias = field.validation_alias
+    if isinstance(alias, AliasChoices):
+        alias = alias.choices[0]
+    return alias if isinstance(alias, str) else f"ATTRITION_{name.upper()}"
+
+
 def render_default(value: object) -> str:
     if value is None or value is PydanticUndefined:
         return ""
@@ -53,7 +64,7 @@ def render() -> str:
     lines = [HEADER]
     for name, field in Settings.model_fields.items():
         lines.append(f"# {docs.get(name, '')}")
-        lines.append(f"# ATTRITION_{name.upper()}={render_default(field.default)}")
+        lines.append(f"# {variable(name, field)}={render_default(field.default)}")
         lines.append("")
     return "\n".join(lines)
 

@@ -15,7 +15,7 @@ import annotated_types
 from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 
-from deploy.envfile import docstrings, render_default
+from deploy.envfile import docstrings, render_default, variable
 from settings import PROJECT_DIR, Settings
 
 PAGE = PROJECT_DIR / "docs" / "operations" / "configuration.md"
@@ -76,7 +76,7 @@ def table() -> str:
         kind = type_name(field.annotation)
         limit = bounds(field)
         rows.append(
-            f"| `ATTRITION_{name.upper()}` | {kind}{f' ({limit})' if limit else ''} "
+            f"| `{variable(name, field)}` | {kind}{f' ({limit})' if limit else ''} "
             f"| {default(field)} | {cell(docs.get(name, ''))} |"
         )
     return "\n".join(rows)

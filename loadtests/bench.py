@@ -40,6 +40,7 @@ from tests.harness import (
     split_topology,
     temporary_database,
 )
+from tests.otlp_receiver import otlp_receiver
 
 SECRET = "bench-secret-" + "b" * 40
 LUA = PROJECT_DIR / "loadtests" / "wrk" / "predict.lua"
@@ -63,6 +64,8 @@ class Scenario:
     """Not a BentoML server but the floor (loadtests/floor.py): bare ASGI on uvicorn, no model."""
     split: bool = False
     """The model service on a server of its own, the entry calling it by URL (split topology)."""
+    otlp_sink: bool = False
+    """Tracing on, every span exported to a local OTLP receiver that drops it."""
 
 
 SCENARIOS = {
@@ -103,6 +106,28 @@ SCENARIOS = {
             "fsync",
             "full service, each answer waits for its record's fdatasync (group fsync)",
             {"ATTRITION_LOG_FSYNC": "true"},
+        ),
+        Scenario(
+            "tracing",
+            "full service, OpenTelemetry tracing on: every trace exported over OTLP/HTTP to a "
+            "local receiver (the fast path steps aside)",
+            {"OTEL_TRACES_EXPORTER": "otlp"},
+            otlp_sink=True,
+        ),
+        Scenario(
+            "tracing-10",
+            "same, a tenth of the traces kept (parentbased_traceidratio 0.1)",
+            {
+                "OTEL_TRACES_EXPORTER": "otlp",
+                "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                "OTEL_TRACES_SAMPLER_ARG": "0.1",
+            },
+            otlp_sink=True,
+        ),
+        Scenario(
+            "fullstack",
+            "full service without the fast path (what tracing costs besides its spans)",
+            {"ATTRITION_FAST_PATH": "off"},
         ),
         Scenario(
             "noauth",
@@ -598,6 +623,9 @@ def run(args: argparse.Namespace) -> int:
                         "ATTRITION_DATABASE_URL": url,
                         **sc.env,
                     }
+                    if sc.otlp_sink:
+                        sink = stack.enter_context(otlp_receiver(keep=False))
+                        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = sink.url
                     token = mint_token(env, cwd) if sc.auth else ""
                     try:
                         servers = start(name, sc, env, work, cwd, sample, model_tag, token, stack)

@@ -6,6 +6,7 @@ import bentoml
 from api.lifecycle import freeze_heap
 from api.middleware import RequestGuard
 from api.schemas import Prediction
+from api.tracing import bentoml_tracing
 from auth.middleware import JWTAuthMiddleware
 from settings import get_settings
 from training.schema import Employee
@@ -13,7 +14,8 @@ from training.schema import Employee
 settings = get_settings()
 
 
-@bentoml.service(name="AttritionService", http={"port": 3000})
+# The same tracing option as the real service (off unless the OTEL_* variables turn it on).
+@bentoml.service(name="AttritionService", http={"port": 3000}, tracing=bentoml_tracing(settings))
 class NoopService:
     def __init__(self) -> None:
         freeze_heap()  # the same process tuning as the real service

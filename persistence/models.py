@@ -86,6 +86,11 @@ class InferenceBase(SQLModel):
     label: str = Field(sa_type=Text)
     threshold: float
     latency_ms: float
+    trace_id: str | None = Field(
+        default=None,
+        sa_type=Text,
+        description="The OpenTelemetry trace of the request (32 hex digits), when it had one.",
+    )
     employee_ref: str | None = Field(
         default=None,
         sa_type=Text,

@@ -137,11 +137,18 @@ SERVER_ENV = {
 }
 
 
-def start_stack(backend: str, model_tag: str, postgres: PostgresDatabases, tmp: Path) -> Stack:
+def start_stack(
+    backend: str,
+    model_tag: str,
+    postgres: PostgresDatabases,
+    tmp: Path,
+    extra_env: dict[str, str] | None = None,
+) -> Stack:
     url = database_url(backend, postgres, tmp)
     seed_users(url)
     env = {
         **SERVER_ENV,
+        **(extra_env or {}),
         "ATTRITION_MODEL_TAG": model_tag,
         "ATTRITION_DATABASE_URL": url,
         "ATTRITION_DATA_DIR": str(tmp / "data"),

@@ -20,11 +20,12 @@ def test_the_configuration_reference_is_generated_from_settings() -> None:
 
 
 def test_the_configuration_reference_lists_every_setting_once() -> None:
+    from deploy.envfile import variable
     from settings import Settings
 
     page = settings_doc.PAGE.read_text()
-    for name in Settings.model_fields:
-        assert page.count(f"| `ATTRITION_{name.upper()}` |") == 1, name
+    for name, field in Settings.model_fields.items():
+        assert page.count(f"| `{variable(name, field)}` |") == 1, name
 
 
 def test_the_generator_refuses_a_page_without_its_markers() -> None:

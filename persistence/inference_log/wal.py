@@ -28,9 +28,8 @@ from pathlib import Path
 log = logging.getLogger("attrition.inference_log")
 
 HEADER = b"#columns"
-# A segment is sealed (and deleted once written) after this long or this size. One second
-# keeps a record's bytes on disk for about a second after the database has them, and the page
-# cache usually drops them before writeback; 64 MiB is ~1.5 s of the batch route at full speed.
+# A segment is sealed (and deleted once written) after this long or this size: short enough that
+# the page cache usually drops written records before writeback (docs/adr/0013-write-ahead-files.md).
 SEGMENT_MAX_AGE = 1.0
 SEGMENT_MAX_BYTES = 64 << 20
 # A worker's directory is made under this prefix, locked, then renamed. Making it takes well

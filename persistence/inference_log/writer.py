@@ -8,10 +8,15 @@ is the key). Rows the database refuses are isolated as dead letters (persistence
 import logging
 import threading
 import time
+from collections import deque
+from itertools import islice
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 import anyio
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, SpanContext, Tracer
 
 from persistence.inference_log import copytext, wal
 from persistence.inference_log.dead_letters import DeadLetters
@@ -56,6 +61,7 @@ class Record(NamedTuple):
     latency_ms: float
     employee_ref: str | None = None
     drivers: str | None = None  # the explanation as JSON text, when the caller asked for one
+    trace_id: str | None = None  # 32 hex digits (api/tracing.py)
     # The model that did not answer, on the same features (ATTRITION_CHALLENGER_TAG).
     challenger_tag: str | None = None
     challenger_probability: float | None = None
@@ -186,6 +192,11 @@ class InferenceLog:
         self.writer_done = False
         self.released: bool | None = None  # what _release() returned
         self.thread = threading.Thread(target=self._run, name="inference-log", daemon=True)
+        # With tracing on (set by the service, docs/operations/tracing.md): spans for the
+        # write-ahead append and the database write, linked to the requests' span contexts,
+        # kept here one per line in the order the lines are appended.
+        self.tracer: Tracer | None = None
+        self.span_contexts: deque[SpanContext] = deque()
 
     def start(self) -> "InferenceLog":
         self.thread.start()
@@ -209,7 +220,22 @@ class InferenceLog:
                 len(refused),
                 refused[0][1],
             )
-        position = self.wal.append(data, n) if n else self.wal.position
+        if self.tracer is None or not n:
+            position = self.wal.append(data, n) if n else self.wal.position
+        else:
+            # Queued before the lines exist, so the writer never sees a line without its context
+            # (appends come from the event loop alone: the queue's order is the file's).
+            self.span_contexts.extend([trace.get_current_span().get_span_context()] * n)
+            try:
+                with self.tracer.start_as_current_span(
+                    "attrition.log.append",
+                    attributes={"attrition.log.records": n, "attrition.log.bytes": len(data)},
+                ):
+                    position = self.wal.append(data, n)
+            except BaseException:
+                for _ in range(n):
+                    self.span_contexts.pop()
+                raise
         if not self.wakeup.is_set() and self.wal.backlog_bytes() >= self.batch_bytes:
             self.wakeup.set()
         return position
@@ -243,6 +269,26 @@ class InferenceLog:
                       len(refused), refused[0][1])  # fmt: skip
         return data.count(b"\n") - len(refused)
 
+    def _traced_deliver(self, columns: tuple[str, ...], data: bytes, n: int) -> int:
+        """_deliver of fresh lines, in a span linked to the requests they came from (their
+        contexts leave the queue once written: a retried chunk keeps its links)."""
+        if self.tracer is None:
+            return self._deliver(columns, data, fresh=True)
+        queued = min(n, len(self.span_contexts))
+        requests = list(islice(self.span_contexts, queued))
+        unique = {(c.trace_id, c.span_id): c for c in requests if c.is_valid}  # a batch: one
+        links = [Link(c) for c in unique.values()]
+        with self.tracer.start_as_current_span(
+            "attrition.log.copy",
+            context=Context(),  # its own trace: it serves many requests
+            links=links,
+            attributes={"attrition.log.records": n, "attrition.log.bytes": len(data)},
+        ):
+            written = self._deliver(columns, data, fresh=True)
+        for _ in range(queued):
+            self.span_contexts.popleft()
+        return written
+
     def _drain(self) -> None:
         """Write the records that were waiting when it began (never more than about one more
         batch): under a load that never pauses, the writer still gets back to sealing, trimming
@@ -254,7 +300,7 @@ class InferenceLog:
             segment, data = chunk
             n = data.count(b"\n")
             try:
-                written = self._deliver(segment.columns, data, fresh=True)
+                written = self._traced_deliver(segment.columns, data, n)
             except Exception as exc:  # noqa: BLE001 - the records stay in the file
                 if self.healthy:
                     log.warning("database write of %d records failed (%s); will retry", n, exc)

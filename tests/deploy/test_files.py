@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from deploy.envfile import render
+from deploy.envfile import render, variable
 from settings import Settings
 from tests.helpers import K8S, PROJECT_DIR, rendered
 
@@ -20,9 +20,9 @@ def test_env_example_lists_every_setting_with_its_default() -> None:
     listed = {
         line.split("=", 1)[0].removeprefix("# ")
         for line in render().splitlines()
-        if line.startswith("# ATTRITION_")
+        if line.startswith(("# ATTRITION_", "# OTEL_"))
     }
-    assert listed == {f"ATTRITION_{name.upper()}" for name in Settings.model_fields}
+    assert listed == {variable(name, field) for name, field in Settings.model_fields.items()}
 
 
 def test_the_bentoml_configmap_is_the_projects_configuration() -> None:

@@ -72,6 +72,7 @@ def test_downgrade_refuses_to_drop_dead_letters(url: str, letters: DeadLetters) 
 
     letters.add(COLUMNS, refused(record(1, subject="z\x00")))
     letters.move()
+    command.downgrade(alembic_config(url), "0006")  # the later ones do not look at them
     with pytest.raises(RuntimeError, match="1 dead letters are in the database"):
         command.downgrade(alembic_config(url), "0005")
     assert current_revision(url) == "0006"

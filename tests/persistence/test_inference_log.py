@@ -542,3 +542,52 @@ def test_drivers_are_stored_null_or_json_by_every_path(url: str, tmp_path: Path)
         explained.id: json.loads(drivers),
         replayed.id: json.loads(drivers),
     }
+
+
+def test_with_a_tracer_the_database_write_links_every_request_it_wrote(
+    url: str, tmp_path: Path
+) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    log = InferenceLog(make_sink(url), tmp_path, flush_interval=0.05)
+    log.tracer = tracer
+    requests = []
+    for i, n in enumerate((1, 3, 2)):  # one request, a batch of 3, a batch of 2
+        with tracer.start_as_current_span(f"request {i}") as span:
+            log.append([record(10 * i + j) for j in range(n)])
+            requests.append(span.get_span_context())
+    log.start().close()
+    assert count(url) == 6 and not log.span_contexts
+    spans = exporter.get_finished_spans()
+    appends = [s for s in spans if s.name == "attrition.log.append"]
+    assert [(s.parent.span_id if s.parent else None) for s in appends] == [
+        r.span_id for r in requests
+    ]
+    assert [s.attributes["attrition.log.records"] for s in appends if s.attributes] == [1, 3, 2]
+    copies = [s for s in spans if s.name == "attrition.log.copy"]
+    assert copies and all(s.parent is None for s in copies)  # a trace of its own
+    linked = [link.context.span_id for s in copies for link in s.links]
+    assert sorted(linked) == sorted(r.span_id for r in requests)  # each request once
+
+
+def test_a_refused_append_leaves_no_span_context_behind(tmp_path: Path) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    log = InferenceLog(dead_postgres(), tmp_path)  # writer not started
+    log.tracer = TracerProvider().get_tracer("test")
+    log.append([record(1)])
+
+    def full(data: bytes, n: int) -> int:
+        raise LogUnavailable("disk full")
+
+    log.wal.append = full  # type: ignore[method-assign]
+    with pytest.raises(LogUnavailable):
+        log.append([record(2), record(3)])
+    assert len(log.span_contexts) == 1
+    log.close()
