@@ -27,7 +27,7 @@ from api.metrics import (
     runner_batch_histogram,
 )
 from api.middleware import RequestGuard
-from api.predictor import Predictor, label
+from api.predictor import Answering, Predictor, label
 from api.schemas import (
     EXPLAIN_DOC,
     BatchItem,
@@ -45,6 +45,7 @@ from persistence.db import make_engine, upgrade
 from persistence.inference_log import writer as inference_log
 from persistence.inference_log.metrics import log_metrics
 from persistence.inference_log.writer import InferenceLog
+from persistence.model_changes import ModelChoice
 from persistence.reports import latest_report
 from settings import get_settings
 from training.explain import (
@@ -68,38 +69,72 @@ settings = get_settings()
 logger = logging.getLogger("attrition.service")
 # Resolve "name:latest" once, so the runner and the entry service serve the same version.
 MODEL_TAG = str(bentoml.models.get(settings.model_tag).tag)
+# The shadow, scored in the same batch; the one a promotion makes answer (persistence/model_changes.py).
+CHALLENGER_TAG = (
+    str(bentoml.models.get(settings.challenger_tag).tag) if settings.challenger_tag else None
+)
 
 
 # The monitoring report runs daily or so; re-reading it on every scrape would be wasted queries.
 MONITORING_CACHE_SECONDS = 30
 
 
-@bentoml.service(name="AttritionModel", workers=1, tracing=bentoml_tracing(settings))
-class AttritionModel:
-    """The runner: loads the pipeline once per worker and scores adaptive batches."""
+class Scorer:
+    """One model of the store as the runner scores it: ONNX Runtime when it carries a verified
+    export (and runner_backend allows), else scikit-learn, and its exact explainer."""
 
-    model_ref = bentoml.models.BentoModel(MODEL_TAG)
-
-    def __init__(self) -> None:
-        self.pipeline = bentoml.sklearn.load_model(self.model_ref)
-        onnx_model = self.model_ref.custom_objects.get("onnx")
+    def __init__(self, ref: Any, tag: str) -> None:
+        self.tag = tag
+        self.pipeline = bentoml.sklearn.load_model(ref)
+        onnx_model = ref.custom_objects.get("onnx")
         if settings.runner_backend == "onnx" and onnx_model is None:
-            raise RuntimeError(
-                f"{MODEL_TAG} has no verified ONNX export; use runner_backend=sklearn"
-            )
+            raise RuntimeError(f"{tag} has no verified ONNX export; use runner_backend=sklearn")
         # The export was checked against sklearn on the whole training data (training/onnx_export.py).
         self.onnx = (
             onnx_session(onnx_model)
             if onnx_model and settings.runner_backend != "sklearn"
             else None
         )
-        logger.info("runner scores with %s", "ONNX Runtime" if self.onnx else "scikit-learn")
-        self.explainer = self.model_ref.custom_objects.get("explainer")
-        verified = self.model_ref.info.metadata.get("explanation", {}).get("onnx_verified")
+        logger.info(
+            "runner scores %s with %s", tag, "ONNX Runtime" if self.onnx else "scikit-learn"
+        )
+        self.explainer = ref.custom_objects.get("explainer")
+        verified = ref.info.metadata.get("explanation", {}).get("onnx_verified")
         # The same graph with the preprocessed matrix as a second output (checked at training).
         self.explain_onnx = (
             explain_session(onnx_model) if self.onnx is not None and verified else None
         )
+
+    def proba(self, features: np.ndarray) -> np.ndarray:
+        if self.onnx is not None:
+            return self.onnx.run(["probabilities"], feeds_from_matrix(features))[0][:, 1]
+        frame = pd.DataFrame(features, columns=list(FEATURES)).infer_objects()
+        return self.pipeline.predict_proba(frame)[:, 1]
+
+    def explain(self, features: np.ndarray) -> np.ndarray:
+        if self.explainer is None:
+            raise ValueError(f"{self.tag} has no exact explainer")
+        return explain_features(
+            self.explainer, features, session=self.explain_onnx, pipeline=self.pipeline
+        )
+
+
+@bentoml.service(name="AttritionModel", workers=1, tracing=bentoml_tracing(settings))
+class AttritionModel:
+    """The runner: loads the pipeline (and the challenger's) once per worker and scores
+    adaptive batches with both."""
+
+    model_ref = bentoml.models.BentoModel(MODEL_TAG)
+    if CHALLENGER_TAG is not None:  # a class attribute, so `bentoml build` packs it
+        challenger_ref = bentoml.models.BentoModel(CHALLENGER_TAG)
+
+    def __init__(self) -> None:
+        self.scorers = [Scorer(self.model_ref, MODEL_TAG)]
+        if CHALLENGER_TAG is not None:
+            challenger = Scorer(self.challenger_ref, CHALLENGER_TAG)
+            if challenger.explainer is None and self.scorers[0].explainer is not None:
+                raise RuntimeError(f"{CHALLENGER_TAG} has no exact explainer; retrain it")
+            self.scorers.append(challenger)
         self.batch_sizes = runner_batch_histogram()
         # Outlive the entry workers of this server, which may still have requests for us.
         self.drain = Drain(
@@ -119,7 +154,8 @@ class AttritionModel:
         max_latency_ms=settings.runner_max_latency_ms,
     )
     async def predict_proba(self, features: np.ndarray) -> np.ndarray:
-        """Probability of attrition for each row of `features`, in order.
+        """Probability of attrition for each row of `features`, in order: an (n, 1) array, or
+        (n, 2) with a challenger (column 0 the pinned model, column 1 the challenger).
 
         `features` is `feature_matrix(employees)`: validated employees (the entry service checks
         them against the Employee contract) as an (n, len(FEATURES)) object matrix. Sending
@@ -131,10 +167,7 @@ class AttritionModel:
         if features.ndim != 2 or features.shape[1] != len(FEATURES):
             raise ValueError(f"expected (n, {len(FEATURES)}) features, got {features.shape}")
         self.batch_sizes.observe(len(features))
-        if self.onnx is not None:
-            return self.onnx.run(["probabilities"], feeds_from_matrix(features))[0][:, 1]
-        frame = pd.DataFrame(features, columns=list(FEATURES)).infer_objects()
-        return self.pipeline.predict_proba(frame)[:, 1]
+        return np.column_stack([scorer.proba(features) for scorer in self.scorers])
 
     @bentoml.api(
         batchable=settings.runner_batching,
@@ -143,13 +176,10 @@ class AttritionModel:
     )
     async def explain(self, features: np.ndarray) -> np.ndarray:
         """Per row of `features` (as in predict_proba): [probability, base value, the
-        contribution of each of the FEATURES to the log-odds], from one run of the model."""
-        if self.explainer is None:
-            raise ValueError(f"{MODEL_TAG} has no exact explainer")
+        contribution of each of the FEATURES to the log-odds], from one run of the model; with a
+        challenger, its row of the same follows (the pinned model's first)."""
         self.batch_sizes.observe(len(features))
-        return explain_features(
-            self.explainer, features, session=self.explain_onnx, pipeline=self.pipeline
-        )
+        return np.hstack([scorer.explain(features) for scorer in self.scorers])
 
 
 api = create_app()
@@ -167,6 +197,8 @@ class AttritionService:
 
     model = bentoml.depends(AttritionModel, url=settings.model_url)
     model_ref = bentoml.models.BentoModel(MODEL_TAG)
+    if CHALLENGER_TAG is not None:
+        challenger_ref = bentoml.models.BentoModel(CHALLENGER_TAG)
 
     def __init__(self) -> None:
         self.started = time.monotonic()
@@ -178,6 +210,17 @@ class AttritionService:
             settings.sqlalchemy_url, statement_timeout=settings.db_statement_timeout_seconds
         )
         self.password_grant = PasswordGrant(self.engine, self.settings)
+        self.choice = ModelChoice(
+            engine=self.engine,
+            served=MODEL_TAG,
+            challenger=CHALLENGER_TAG,
+            challenger_configured=settings.challenger_tag,
+            every=settings.model_choice_seconds,
+        ).start()
+        challenger = None
+        if CHALLENGER_TAG is not None:  # labelled at its own threshold, from its metadata
+            meta = self.challenger_ref.info.metadata
+            challenger = Answering(CHALLENGER_TAG, float(meta["threshold"]))
         self.explainable = self.metadata.get("explanation", {}).get("method") is not None
         self._report: tuple[datetime, dict[str, Any]] | None = None
         self._report_read_at = -float("inf")
@@ -197,6 +240,8 @@ class AttritionService:
             log=self.log,
             auth=self.auth,
             service_name="AttritionService",
+            challenger=challenger,
+            choice=self.choice,
         )
         # Found by the fast path (api/fastpath.py) in BentoML's request metrics middleware.
         self.fast_routes = self._fast_routes()
@@ -248,6 +293,7 @@ class AttritionService:
         if self.log is not None:
             self.log.close()  # write what waits; what cannot be written is replayed at start
         self.password_grant.close()
+        self.choice.close()
         self.engine.dispose()
 
     def top_k(self, ctx: bentoml.Context) -> int | None:
@@ -273,7 +319,7 @@ class AttritionService:
         *,
         batch: bool,
         top_k: int | None = None,
-    ) -> tuple[str, list[float], list[Explanation] | None]:
+    ) -> tuple[str, list[float], list[Explanation] | None, Answering]:
         """Predictor.scored_and_recorded for a BentoML route; the request id goes in a header."""
         # request.url would parse and rebuild the URL; the scope has the path.
         route = ctx.request.scope["path"]
@@ -291,26 +337,26 @@ class AttritionService:
     @bentoml.api(route="/predict/attrition")
     async def predict(self, employee: EmployeeInput, /, ctx: bentoml.Context) -> Prediction:
         """Attrition risk of one employee."""
-        request_id, [p], explained = await self._infer(
+        request_id, [p], explained, model = await self._infer(
             [employee], ctx, batch=False, top_k=self.top_k(ctx)
         )
-        return self.predictor.prediction(request_id, p, explained[0] if explained else None)
+        return self.predictor.prediction(request_id, p, explained[0] if explained else None, model)
 
     @bentoml.api(route="/predict/attrition/batch")
     async def predict_batch(self, batch: BatchRequest, /, ctx: bentoml.Context) -> BatchPrediction:
         """Attrition risk of up to ATTRITION_MAX_BATCH_SIZE employees, in request order."""
-        request_id, probs, explained = await self._infer(
+        request_id, probs, explained, model = await self._infer(
             batch.employees, ctx, batch=True, top_k=self.top_k(ctx)
         )
         return BatchPrediction(
             request_id=request_id,
-            threshold=self.threshold,
-            model_tag=MODEL_TAG,
+            threshold=model.threshold,
+            model_tag=model.tag,
             predictions=[
                 BatchItem(
                     index=i,
                     probability=p,
-                    label=label(p, self.threshold),
+                    label=label(p, model.threshold),
                     explanation=explained[i] if explained else None,
                 )
                 for i, p in enumerate(probs)
@@ -326,17 +372,17 @@ class AttritionService:
         if not self.explainable:
             raise bentoml.exceptions.InvalidArgument(f"{MODEL_TAG} has no exact explainer")
         employees = [request.employee, *scenario_employees(request)]
-        request_id, probs, explained = await self._infer(
+        request_id, probs, explained, model = await self._infer(
             employees, ctx, batch=True, top_k=request.top_k
         )
         assert explained is not None
         base_p = probs[0]
         return WhatIfResponse(
             request_id=request_id,
-            threshold=self.threshold,
-            model_tag=MODEL_TAG,
+            threshold=model.threshold,
+            model_tag=model.tag,
             baseline=Answer(
-                probability=base_p, label=label(base_p, self.threshold), explanation=explained[0]
+                probability=base_p, label=label(base_p, model.threshold), explanation=explained[0]
             ),
             scenarios=[
                 ScenarioResult(
@@ -344,7 +390,7 @@ class AttritionService:
                     name=scenario.name,
                     changes=scenario.changes,
                     probability=p,
-                    label=label(p, self.threshold),
+                    label=label(p, model.threshold),
                     change=p - base_p,
                     explanation=e,
                 )

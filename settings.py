@@ -80,6 +80,12 @@ class Settings(BaseSettings):
     model_tag: str = "attrition:latest"
     """Model to serve from the BentoML model store; pin a version (attrition:abc123) in production."""
 
+    challenger_tag: str | None = None
+    """A second model scored on every request as a shadow (recorded, never returned) and the one `python -m persistence promote` makes answer; unset = none. Pin a version in production."""
+
+    model_choice_seconds: float = Field(5.0, gt=0, le=300)
+    """How often each worker reads the newest promotion or rollback (which of the two models answers)."""
+
     max_batch_size: int = Field(1000, ge=1, le=100_000)
     """Most employees accepted by one call of the batch route."""
 

@@ -25,17 +25,17 @@ class Coalescer:
         self.tracer = tracer  # with tracing on: a span per call (api/tracing.py batch_span)
         self.busy = 0
         self.tasks: set[asyncio.Task[None]] = set()
-        self.pending: deque[tuple[list[Any], asyncio.Future[list[float]], SpanContext | None]] = (
+        self.pending: deque[tuple[list[Any], asyncio.Future[list[Any]], SpanContext | None]] = (
             deque()
         )
 
-    async def score(self, items: list[Any]) -> list[float]:
+    async def score(self, items: list[Any]) -> list[Any]:
         if len(items) >= self.max_items:  # a large batch request goes on its own
             if self.tracer is None:
                 return list(await self.call(items))
             with batch_span(self.tracer, [current_context()], len(items)):
                 return list(await self.call(items))
-        future: asyncio.Future[list[float]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         self.pending.append((items, future, current_context() if self.tracer else None))
         if self.busy < self.lanes:
             self.busy += 1
@@ -47,7 +47,7 @@ class Coalescer:
     async def _drain(self) -> None:
         try:
             while self.pending:
-                group: list[tuple[list[Any], asyncio.Future[list[float]]]] = []
+                group: list[tuple[list[Any], asyncio.Future[list[Any]]]] = []
                 contexts: list[SpanContext] = []
                 size = 0
                 while self.pending and (

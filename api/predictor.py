@@ -7,7 +7,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal, cast
+from typing import Any, Literal, NamedTuple, cast
 
 import numpy as np
 from bentoml.exceptions import ServiceUnavailable
@@ -20,6 +20,7 @@ from api.lifecycle import call_with_retry
 from api.schemas import Prediction
 from auth.middleware import JWTAuthMiddleware, Principal, Refusal
 from persistence.inference_log.writer import InferenceLog, LogUnavailable, Record
+from persistence.model_changes import ModelChoice
 from settings import Settings
 from training.explain import Explanation, top_drivers
 from training.schema import Employee, EmployeeInput, feature_matrix
@@ -33,6 +34,20 @@ inputs_json = TypeAdapter(Employee).dump_json
 
 def label(probability: float, threshold: float) -> Literal["Yes", "No"]:
     return "Yes" if probability >= threshold else "No"
+
+
+class Answering(NamedTuple):
+    """A loaded model as the entry answers with it."""
+
+    tag: str
+    threshold: float
+
+
+def shadow_fields(shadow: Answering | None, p: float | None) -> tuple[Any, ...]:
+    """challenger_tag, challenger_probability and challenger_label of a record."""
+    if shadow is None or p is None:
+        return (None, None, None)
+    return (shadow.tag, float(p), label(float(p), shadow.threshold))
 
 
 class Predictor:
@@ -49,11 +64,16 @@ class Predictor:
         log: InferenceLog | None,
         auth: JWTAuthMiddleware,
         service_name: str,
+        challenger: Answering | None = None,
+        choice: ModelChoice | None = None,
     ) -> None:
         self.model = model  # the model service's client (BentoML resolves it on first use)
         self.settings = settings
-        self.model_tag = model_tag
+        self.model_tag = model_tag  # the pinned model
         self.threshold = threshold
+        # Column order of the model service's answers: the pinned model, then the challenger.
+        self.models = [Answering(model_tag, threshold), *([challenger] if challenger else [])]
+        self.choice = choice  # which of them answers (persistence/model_changes.py)
         self.log = log
         self.auth = auth
         self.server_header = internals.server_header(service_name)
@@ -73,7 +93,13 @@ class Predictor:
         if log is not None:
             log.tracer = tracer
 
-    async def _score(self, employees: list[Employee]) -> list[float]:
+    def answering(self) -> int:
+        """The column of the model that answers now: 1 once the challenger is promoted."""
+        if len(self.models) == 2 and self.choice is not None:
+            return 1 if self.choice.current == self.models[1].tag else 0
+        return 0
+
+    async def _score(self, employees: list[Employee]) -> list[np.ndarray]:
         """Call the model service; retried while its connection fails (a keep-alive connection
         closed under the request, or a model service restarting), up to model_retry_seconds.
         Scoring is pure, so a retry is safe."""
@@ -82,7 +108,7 @@ class Predictor:
             lambda: self.model().to_async.predict_proba(features),
             budget_seconds=self.settings.model_retry_seconds,
         )
-        return [float(p) for p in result]
+        return list(np.asarray(result, dtype=float).reshape(len(employees), -1))
 
     async def _explain_rows(self, employees: list[Employee]) -> list[np.ndarray]:
         features = feature_matrix(employees)
@@ -93,10 +119,11 @@ class Predictor:
         return list(result)
 
     async def explain(
-        self, employees: list[Employee], top_k: int
-    ) -> tuple[list[float], list[Explanation]]:
-        """Probabilities and explanations; equal employees are scored once, so they (e.g. an
-        empty what-if scenario and its baseline) get exactly the same answer."""
+        self, employees: list[Employee], top_k: int, column: int
+    ) -> tuple[list[np.ndarray], list[Explanation]]:
+        """Each model's probability and the explanations of model `column` (0 the pinned one,
+        1 the challenger); equal employees are scored once, so they (e.g. an empty what-if
+        scenario and its baseline) get exactly the same answer."""
         unique = list(dict.fromkeys(employees))
         rows: list[Any]  # explain_matrix rows (the coalescer slices without looking)
         if self.settings.runner_batching:
@@ -104,12 +131,13 @@ class Predictor:
         else:
             rows = await self._explain_rows(unique)
         by_employee: dict[Employee, Any] = dict(zip(unique, rows, strict=True))
-        matrix = [by_employee[e] for e in employees]
+        # One block of explain_matrix per model, the pinned model's first.
+        blocks = [by_employee[e].reshape(len(self.models), -1) for e in employees]
         explanations = [
-            top_drivers(row, tuple(e.model_dump().values()), top_k)
-            for e, row in zip(employees, matrix, strict=True)
+            top_drivers(block[column], tuple(e.model_dump().values()), top_k)
+            for e, block in zip(employees, blocks, strict=True)
         ]
-        return [float(row[0]) for row in matrix], explanations
+        return [block[:, 0] for block in blocks], explanations
 
     async def fast_authorize(self, scope: dict[str, Any]) -> Any:
         """The fast path's caller from the request's headers, or DECLINE for the full stack to
@@ -129,7 +157,7 @@ class Predictor:
         except ValidationError:
             return None
         try:
-            request_id, [p], _ = await self.scored_and_recorded(
+            request_id, [p], _, model = await self.scored_and_recorded(
                 [employee],
                 principal,
                 scope["path"],
@@ -138,7 +166,7 @@ class Predictor:
             )
         except ServiceUnavailable:  # as BentoML answers it on the full stack
             return FastResponse(503, internals.UNEXPECTED, self.server_header)
-        answer = self.prediction(request_id, p, None)
+        answer = self.prediction(request_id, p, None, model)
         headers = [(b"x-request-id", request_id.encode()), *self.server_header]
         return FastResponse(200, answer.model_dump_json().encode(), headers)
 
@@ -151,23 +179,30 @@ class Predictor:
         batch: bool,
         top_k: int | None = None,
         trace_id: str | None = None,
-    ) -> tuple[str, list[float], list[Explanation] | None]:
-        """The one path every prediction takes: score (and explain, when asked), then put one
-        record per row in the log (on this machine's storage) before the answer can be sent."""
+    ) -> tuple[str, list[float], list[Explanation] | None, Answering]:
+        """The one path every prediction takes: score with both models (and explain, when
+        asked), then put one record per row in the log (on this machine's storage) before the
+        answer can be sent. The model the latest promotion or rollback chose answers; the other
+        one's score is recorded as the shadow, never returned."""
         started = time.perf_counter()
         request_id = uuid.uuid4()
+        column = self.answering()  # once per request: all its rows answer with the same model
+        model = self.models[column]
         explanations = None
+        scores: list[Any]
         if top_k is not None:
-            probs, explanations = await self.explain(list(employees), top_k)
+            scores, explanations = await self.explain(list(employees), top_k, column)
         elif self.settings.runner_batching:
-            probs = await self.coalescer.score(cast(list[Any], employees))
+            scores = await self.coalescer.score(cast(list[Any], employees))
         else:
-            probs = await self._score(list(employees))
+            scores = await self._score(list(employees))
+        probs = [float(row[column]) for row in scores]
         latency_ms = (time.perf_counter() - started) * 1000
         if self.log is not None:
             created_at = datetime.now(UTC).isoformat()
             subject = principal.subject if principal else "anonymous"
-            threshold = self.threshold
+            threshold = model.threshold
+            shadow = self.models[1 - column] if len(self.models) == 2 else None
             if batch:  # one record per row, each with an id of its own
                 ids = [str(uuid.uuid5(request_id, str(i))) for i in range(len(employees))]
             else:
@@ -175,27 +210,30 @@ class Predictor:
             batch_id = str(request_id) if batch else None
             drivers = [e.model_dump_json() for e in explanations] if explanations else None
             records = [
-                Record(record_id, created_at, subject, route, self.model_tag, batch_id,
+                Record(record_id, created_at, subject, route, model.tag, batch_id,
                        i if batch else None, inputs_json(employee).decode(), p,
                        label(p, threshold), threshold, latency_ms,
                        getattr(employee, "employee_ref", None), drivers[i] if drivers else None,
-                       trace_id)
-                for i, (record_id, employee, p) in enumerate(zip(ids, employees, probs, strict=True))
+                       trace_id, *shadow_fields(shadow, row[1 - column] if shadow else None))
+                for i, (record_id, employee, p, row)
+                in enumerate(zip(ids, employees, probs, scores, strict=True))
             ]  # fmt: skip
             try:
                 await self.log.record(records)
             except LogUnavailable as exc:  # no record, no answer
                 log.error("prediction %s not answered: %s", request_id, exc)
                 raise ServiceUnavailable("the prediction could not be recorded; retry") from exc
-        return str(request_id), probs, explanations
+        return str(request_id), probs, explanations, model
 
-    def prediction(self, request_id: str, p: float, explanation: Explanation | None) -> Prediction:
+    def prediction(
+        self, request_id: str, p: float, explanation: Explanation | None, model: Answering
+    ) -> Prediction:
         """The answer of the single route, on either path."""
         return Prediction(
             request_id=request_id,
             probability=p,
-            label=label(p, self.threshold),
-            threshold=self.threshold,
-            model_tag=self.model_tag,
+            label=label(p, model.threshold),
+            threshold=model.threshold,
+            model_tag=model.tag,
             explanation=explanation,
         )

@@ -172,6 +172,49 @@ def performance_section(report: Report) -> str:
     )
 
 
+def comparison_section(report: Report) -> str:
+    c = report.comparison
+    head = "<h2>Challenger comparison</h2>"
+    if c.challenger_tag is None or c.note:
+        return head + f"<p>{html.escape(c.note or '')}.</p>"
+    others = "".join(
+        f" {n} rows scored by <code>{html.escape(t)}</code> are left out." for t, n in
+        c.other_challengers.items()
+    )  # fmt: skip
+    q = c.shift_quantiles
+    spread = (
+        ", ".join(f"{name} {_fmt(v)}" for name, v in q.items())
+        if q
+        else f"quantiles suppressed (fewer than {2 * c.min_group_size} rows)"
+    )
+    text = (
+        f"<p><code>{html.escape(c.served_tag)}</code> (served) against "
+        f"<code>{html.escape(c.challenger_tag)}</code> (challenger) on the {c.n_pairs} "
+        f"predictions both scored.{others} Labels agree on {_fmt(c.agreement)} of them "
+        f"(both Yes {c.both_yes}, only the served model Yes {c.only_served_yes}, only the "
+        f"challenger Yes {c.only_challenger_yes}). Challenger minus served probability: mean "
+        f"{_fmt(c.shift_mean)}, standard deviation {_fmt(c.shift_std)}; {spread}.</p>"
+    )
+    groups = table(
+        ["attribute", "group", "rows", "share Yes, served", "share Yes, challenger"],
+        [[g.attribute, g.group,
+          f"fewer than {c.min_group_size}: suppressed" if g.suppressed else g.n,
+          _fmt(g.served_rate), _fmt(g.challenger_rate)] for g in c.groups],
+    )  # fmt: skip
+    realized = f"<p>{c.n_outcomes} of them have an outcome ({c.n_left} left)."
+    if c.performance_note:
+        return head + text + groups + realized + f" {html.escape(c.performance_note)}.</p>"
+    metrics = table(
+        ["metric", "served", "challenger", "difference", "95% interval of the difference"],
+        [[m.metric, _fmt(m.served), _fmt(m.challenger), _fmt(m.difference),
+          f"{_fmt(m.ci_low)} to {_fmt(m.ci_high)}"] for m in c.metrics],
+    )  # fmt: skip
+    return (
+        head + text + groups + realized + f" Bootstrap: {c.resamples_used} of {c.resamples} "
+        f"resamples (seed {c.seed}) held both outcomes.</p>" + metrics
+    )
+
+
 def render(report: Report, current: pd.DataFrame) -> str:
     """The whole report; `current` is the logged rows the sections ran on."""
     body = (
@@ -183,5 +226,6 @@ def render(report: Report, current: pd.DataFrame) -> str:
         + quality_section(report)
         + fairness_section(report)
         + performance_section(report)
+        + comparison_section(report)
     )
     return page("Monitoring report: attrition risk", body)

@@ -7,6 +7,7 @@ from typing import Any
 
 import pandas as pd
 
+from monitoring.comparison import ComparisonResult, comparison
 from monitoring.drift import DriftResult, drift
 from monitoring.fairness import DEFAULT_ADVERSE, FairnessResult, Label, fairness
 from monitoring.performance import PerformanceResult, performance
@@ -39,6 +40,7 @@ class Report:
     quality: QualityResult
     fairness: FairnessResult
     performance: PerformanceResult
+    comparison: ComparisonResult
     seconds: float = 0.0
     min_group_size: int = MIN_GROUP_SIZE
 
@@ -55,6 +57,7 @@ class Report:
             "quality": self.quality.summary(),
             "fairness": self.fairness.summary(),
             "performance": self.performance.summary(),
+            "comparison": self.comparison.summary(),
             "seconds": round(self.seconds, 2),
         }
 
@@ -84,10 +87,16 @@ def build(
     adverse: Label = DEFAULT_ADVERSE,
 ) -> Report:
     """All sections on `log` (read_log's frame); pure apart from the clock. No statistic is
-    over fewer than min_group_size rows (monitoring/privacy.py)."""
+    over fewer than min_group_size rows (monitoring/privacy.py). The comparison reads every row
+    with both models' scores; the other sections, the rows the report's model answered."""
     started = time.perf_counter()
     what_if = log["route"] == WHAT_IF_ROUTE
-    scored = log[~what_if]
+    shadowed = log[~what_if]
+    scored = (
+        shadowed[shadowed["model_tag"] == reference.model_tag]
+        if "model_tag" in shadowed
+        else shadowed
+    )
     k = min_group_size
     report = Report(
         model_tag=reference.model_tag,
@@ -103,6 +112,7 @@ def build(
         ),
         fairness=fairness(scored, adverse=adverse, min_group_size=k),
         performance=performance(scored, outcomes, min_group_size=k),
+        comparison=comparison(shadowed, outcomes, served_tag=reference.model_tag, min_group_size=k),
         min_group_size=k,
     )
     report.seconds = time.perf_counter() - started
@@ -110,5 +120,6 @@ def build(
 
 
 def empty_log() -> pd.DataFrame:
-    columns = ["id", "created_at", "subject", "route", "batch_id", "probability", "label"]
+    columns = ["id", "created_at", "subject", "route", "batch_id", "model_tag", "probability",
+               "label", "challenger_tag", "challenger_probability", "challenger_label"]  # fmt: skip
     return pd.DataFrame(columns=[*columns, *FEATURES])

@@ -6,6 +6,14 @@
   erase --subject S | --employee-ref R      delete one subject's or one employee's predictions
   erasures                                  list recorded prunes and erasures
   dead-letters list | retry                 show, or write again, the records the database refused
+  promote [--to TAG] [--report ID]          the challenger (default ATTRITION_CHALLENGER_TAG)
+                                            answers from now on; the served model is its shadow
+  rollback                                  the model that answered before the last change
+                                            answers again
+  model-changes                             list recorded promotions and rollbacks
+
+promote and rollback take --by and --reason and record the comparison they relied on: the
+monitoring report given with --report (default: the latest) and its comparison section.
 
 prune and erase take --by (who asks; default: this OS user), --reason (e.g. a ticket number)
 and --dry-run (count only). Outcomes and dead letters of the deleted predictions go with them.
@@ -15,6 +23,7 @@ Every command first moves the dead letters of this ATTRITION_DATA_DIR into the d
 import argparse
 import getpass
 import sys
+import uuid
 from typing import Any
 
 from persistence.db import current_revision, make_engine, upgrade
@@ -78,6 +87,16 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("erasures", help="list recorded prunes and erasures")
     dead = sub.add_parser("dead-letters", help="records the database refused")
     dead.add_argument("action", choices=["list", "retry"])
+    change = argparse.ArgumentParser(add_help=False)
+    change.add_argument("--by", default=getpass.getuser(), help="who decides (recorded)")
+    change.add_argument("--reason", help="why, e.g. a ticket number (recorded)")
+    change.add_argument(
+        "--report", type=uuid.UUID, help="monitoring report relied on (default: the latest)"
+    )
+    promote = sub.add_parser("promote", parents=[change], help="make the challenger answer")
+    promote.add_argument("--to", help="default: ATTRITION_CHALLENGER_TAG")
+    sub.add_parser("rollback", parents=[change], help="the previous model answers again")
+    sub.add_parser("model-changes", help="list recorded promotions and rollbacks")
     return p
 
 
@@ -180,7 +199,78 @@ def run_dead_letters(args: argparse.Namespace, settings: Settings, engine: Any) 
     return 0 if not out.refused and not notes else 1
 
 
+def resolved(tag: str) -> str:
+    """`tag` with its version, as the service records it, when the model store has it."""
+    import bentoml
+    from bentoml.exceptions import BentoMLException
+
+    try:
+        return str(bentoml.models.get(tag).tag)
+    except (BentoMLException, ValueError):
+        return tag
+
+
+def run_change(args: argparse.Namespace, settings: Settings, engine: Any) -> int:
+    from sqlmodel import Session
+
+    from persistence.model_changes import latest_change, record_change
+    from persistence.models import MonitoringReport
+    from persistence.reports import latest_report
+
+    with Session(engine) as session:
+        latest = latest_change(session=session)
+        current = latest.to_tag if latest is not None else resolved(settings.model_tag)
+        if args.command == "promote":
+            target = args.to or settings.challenger_tag
+            if target is None:
+                print("error: give --to or set ATTRITION_CHALLENGER_TAG", file=sys.stderr)
+                return 2
+            target = resolved(target)
+        else:
+            if latest is None or latest.action == "rollback":
+                print("error: no promotion to roll back", file=sys.stderr)
+                return 2
+            target = latest.from_tag
+        if target == current:
+            print(f"error: {target} already answers", file=sys.stderr)
+            return 2
+        report = (
+            session.get(MonitoringReport, args.report)
+            if args.report
+            else latest_report(session=session)
+        )
+        if args.report and report is None:
+            print(f"error: no monitoring report {args.report}", file=sys.stderr)
+            return 2
+        change = record_change(
+            session=session, action=args.command, from_tag=current, to_tag=target,
+            changed_by=args.by, reason=args.reason,
+            monitoring_report_id=report.id if report else None,
+            comparison=report.summary.get("comparison") if report else None,
+        )  # fmt: skip
+    print(f"{change.at.isoformat()}  {change.action}: {change.from_tag} -> {change.to_tag}"
+          f"  (report {change.monitoring_report_id or 'none'})")  # fmt: skip
+    if report is None:
+        print("note: no monitoring report yet: the change records no comparison")
+    return 0
+
+
+def run_model_changes(args: argparse.Namespace, settings: Settings, engine: Any) -> int:
+    from sqlmodel import Session
+
+    from persistence.model_changes import model_changes
+
+    with Session(engine) as session:
+        for c in model_changes(session=session):
+            print(f"{c.at.isoformat()}  {c.action}  {c.from_tag} -> {c.to_tag}  by={c.changed_by}"
+                  f"  report={c.monitoring_report_id or '-'}  reason={c.reason or '-'}")  # fmt: skip
+    return 0
+
+
 COMMANDS = {
+    "promote": run_change,
+    "rollback": run_change,
+    "model-changes": run_model_changes,
     "prune": run_prune,
     "erase": run_erase,
     "erasures": run_erasures,

@@ -103,13 +103,6 @@ class InferenceBase(SQLModel):
         sa_column=Column(JSON(none_as_null=True), nullable=True),
         description="The explanation returned with the prediction, when it was asked for.",
     )
-    # The model that did not answer, scored on the same features in the same batch (a shadow):
-    # never returned to the caller. NULL when no challenger was configured.
-    challenger_tag: str | None = Field(default=None, sa_type=Text)
-    challenger_probability: float | None = None
-    challenger_label: str | None = Field(
-        default=None, sa_type=Text, description="At the challenger's own threshold."
-    )
 
 
 class Inference(InferenceBase, table=True):
@@ -134,6 +127,13 @@ class Inference(InferenceBase, table=True):
 
     id: uuid.UUID = Field(primary_key=True)
     created_at: datetime = Field(sa_column=Column(UTCDateTime, primary_key=True, nullable=False))
+    # The model that did not answer, scored on the same features in the same batch (a shadow):
+    # never returned, not even by the history routes. NULL when no challenger was configured.
+    challenger_tag: str | None = Field(default=None, sa_type=Text)
+    challenger_probability: float | None = None
+    challenger_label: str | None = Field(
+        default=None, sa_type=Text, description="At the challenger's own threshold."
+    )
 
 
 class InferencePublic(InferenceBase):

@@ -5,18 +5,26 @@ from datetime import datetime
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Engine, Text, cast, func
+from sqlalchemy import Engine, Text, cast, func, or_
 from sqlmodel import Session, col, select
 
 from persistence.models import Inference, MonitoringReport, Outcome
 
-LOG_COLUMNS = ("id", "created_at", "subject", "route", "batch_id", "inputs", "probability", "label")
+LOG_COLUMNS = ("id", "created_at", "subject", "route", "batch_id", "model_tag", "inputs",
+               "probability", "label", "challenger_tag", "challenger_probability",
+               "challenger_label")  # fmt: skip
+
+
+def of_model(model_tag: str) -> Any:
+    """The rows `model_tag` answered, and those where it was scored as the challenger."""
+    return or_(col(Inference.model_tag) == model_tag, col(Inference.challenger_tag) == model_tag)
 
 
 def read_log(
     *, engine: Engine, since: datetime, until: datetime, model_tag: str | None
 ) -> pd.DataFrame:
-    """Logged predictions in [since, until), one row each, with the 30 inputs as columns."""
+    """Logged predictions in [since, until) that `model_tag` answered or shadowed, one row each,
+    with the 30 inputs as columns."""
     columns = [getattr(Inference, c) for c in LOG_COLUMNS if c != "inputs"]
     # The inputs as JSON text, parsed in one call rather than value by value
     # (docs/adr/0020-monitoring-group-counts.md).
@@ -24,7 +32,7 @@ def read_log(
         col(Inference.created_at) >= since, col(Inference.created_at) < until
     )
     if model_tag is not None:
-        query = query.where(Inference.model_tag == model_tag)
+        query = query.where(of_model(model_tag))
     with Session(engine) as session:
         rows = session.exec(query).all()
     names = [c for c in LOG_COLUMNS if c != "inputs"]
@@ -57,7 +65,7 @@ def read_outcomes(
         .where(col(Inference.created_at) >= since, col(Inference.created_at) < until)
     )
     if model_tag is not None:
-        query = query.where(Inference.model_tag == model_tag)
+        query = query.where(of_model(model_tag))
     with Session(engine) as session:
         rows = session.exec(query).all()
     return pd.DataFrame(rows, columns=["inference_id", "outcome", "observed_at"])

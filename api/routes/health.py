@@ -30,7 +30,7 @@ async def health(svc: ServiceDep) -> dict[str, Any]:
     healthy = database == "ok" and logging_state["state"] in ("ok", "off")
     return {
         "status": "ok" if healthy else "degraded",
-        "model_tag": svc.predictor.model_tag,
+        "model_tag": svc.predictor.models[svc.predictor.answering()].tag,
         "uptime_seconds": round(time.monotonic() - svc.started, 1),
         "database": database,
         "inference_log": logging_state,

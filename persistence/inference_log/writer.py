@@ -62,6 +62,10 @@ class Record(NamedTuple):
     employee_ref: str | None = None
     drivers: str | None = None  # the explanation as JSON text, when the caller asked for one
     trace_id: str | None = None  # 32 hex digits (api/tracing.py)
+    # The model that did not answer, on the same features (ATTRITION_CHALLENGER_TAG).
+    challenger_tag: str | None = None
+    challenger_probability: float | None = None
+    challenger_label: str | None = None
 
 
 COLUMNS: tuple[str, ...] = Record._fields

@@ -228,6 +228,7 @@ def test_health_and_model_card(client: httpx.Client, model_tag: str) -> None:
     assert card["tag"] == model_tag and 0 < card["threshold"] < 1
     assert card["metrics"]["cv"][card["model_family"]]["roc_auc"]["mean"] >= 0.82
     assert set(card["feature_schema"]["properties"]) == set(FEATURES)
+    assert card["model_changes"] == []  # no promotion on this stack
 
 
 def test_bentoml_endpoints_stay_available(client: httpx.Client) -> None:
