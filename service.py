@@ -1,4 +1,5 @@
-"""The attrition risk service: a model runner with adaptive batching behind an HTTP entry service."""
+"""The attrition risk service: a model runner with adaptive batching behind an HTTP entry service,
+or, with ATTRITION_MODEL_PLACEMENT=inline, the entry service alone scoring in its own workers."""
 
 import logging
 import time
@@ -9,7 +10,6 @@ from urllib.parse import parse_qsl
 
 import bentoml
 import numpy as np
-import pandas as pd
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
@@ -24,7 +24,6 @@ from api.metrics import (
     model_service_gauge,
     model_unavailable,
     monitoring_gauges,
-    runner_batch_histogram,
 )
 from api.middleware import RequestGuard
 from api.predictor import Answering, Predictor, label
@@ -36,6 +35,7 @@ from api.schemas import (
     ExplainQuery,
     Prediction,
 )
+from api.scoring import InlineModel, ModelClient, ModelSet, RemoteModel
 from api.tracing import bentoml_tracing, trace_id
 from auth.login import PasswordGrant
 from auth.middleware import JWTAuthMiddleware
@@ -48,14 +48,8 @@ from persistence.inference_log.writer import InferenceLog
 from persistence.model_changes import ModelChoice
 from persistence.reports import latest_report
 from settings import get_settings
-from training.explain import (
-    Explanation,
-    explain_features,
-    explain_session,
-)
-from training.onnx_export import feeds_from_matrix
-from training.onnx_export import session as onnx_session
-from training.schema import FEATURES, Employee, EmployeeInput
+from training.explain import Explanation
+from training.schema import Employee, EmployeeInput
 from training.whatif import (
     Answer,
     ScenarioResult,
@@ -79,44 +73,12 @@ CHALLENGER_TAG = (
 MONITORING_CACHE_SECONDS = 30
 
 
-class Scorer:
-    """One model of the store as the runner scores it: ONNX Runtime when it carries a verified
-    export (and runner_backend allows), else scikit-learn, and its exact explainer."""
-
-    def __init__(self, ref: Any, tag: str) -> None:
-        self.tag = tag
-        self.pipeline = bentoml.sklearn.load_model(ref)
-        onnx_model = ref.custom_objects.get("onnx")
-        if settings.runner_backend == "onnx" and onnx_model is None:
-            raise RuntimeError(f"{tag} has no verified ONNX export; use runner_backend=sklearn")
-        # The export was checked against sklearn on the whole training data (training/onnx_export.py).
-        self.onnx = (
-            onnx_session(onnx_model)
-            if onnx_model and settings.runner_backend != "sklearn"
-            else None
-        )
-        logger.info(
-            "runner scores %s with %s", tag, "ONNX Runtime" if self.onnx else "scikit-learn"
-        )
-        self.explainer = ref.custom_objects.get("explainer")
-        verified = ref.info.metadata.get("explanation", {}).get("onnx_verified")
-        # The same graph with the preprocessed matrix as a second output (checked at training).
-        self.explain_onnx = (
-            explain_session(onnx_model) if self.onnx is not None and verified else None
-        )
-
-    def proba(self, features: np.ndarray) -> np.ndarray:
-        if self.onnx is not None:
-            return self.onnx.run(["probabilities"], feeds_from_matrix(features))[0][:, 1]
-        frame = pd.DataFrame(features, columns=list(FEATURES)).infer_objects()
-        return self.pipeline.predict_proba(frame)[:, 1]
-
-    def explain(self, features: np.ndarray) -> np.ndarray:
-        if self.explainer is None:
-            raise ValueError(f"{self.tag} has no exact explainer")
-        return explain_features(
-            self.explainer, features, session=self.explain_onnx, pipeline=self.pipeline
-        )
+def served_models(service: Any) -> list[tuple[Any, str]]:
+    """The (model ref, tag) pairs a service packs, the pinned model's first."""
+    models = [(service.model_ref, MODEL_TAG)]
+    if CHALLENGER_TAG is not None:
+        models.append((service.challenger_ref, CHALLENGER_TAG))
+    return models
 
 
 @bentoml.service(name="AttritionModel", workers=1, tracing=bentoml_tracing(settings))
@@ -129,13 +91,7 @@ class AttritionModel:
         challenger_ref = bentoml.models.BentoModel(CHALLENGER_TAG)
 
     def __init__(self) -> None:
-        self.scorers = [Scorer(self.model_ref, MODEL_TAG)]
-        if CHALLENGER_TAG is not None:
-            challenger = Scorer(self.challenger_ref, CHALLENGER_TAG)
-            if challenger.explainer is None and self.scorers[0].explainer is not None:
-                raise RuntimeError(f"{CHALLENGER_TAG} has no exact explainer; retrain it")
-            self.scorers.append(challenger)
-        self.batch_sizes = runner_batch_histogram()
+        self.models = ModelSet.load(served_models(self), settings.runner_backend)
         # Outlive the entry workers of this server, which may still have requests for us.
         self.drain = Drain(
             "AttritionModel",
@@ -154,7 +110,7 @@ class AttritionModel:
         max_latency_ms=settings.runner_max_latency_ms,
     )
     async def predict_proba(self, features: np.ndarray) -> np.ndarray:
-        """Probability of attrition for each row of `features`, in order: an (n, 1) array, or
+        """Probability of attrition for each row of `features`, in order: an (n,) array, or
         (n, 2) with a challenger (column 0 the pinned model, column 1 the challenger).
 
         `features` is `feature_matrix(employees)`: validated employees (the entry service checks
@@ -164,10 +120,7 @@ class AttritionModel:
         Async on purpose: ONNX Runtime scores a batch in well under a millisecond, less than the
         hop to a worker thread that BentoML makes for a sync API.
         """
-        if features.ndim != 2 or features.shape[1] != len(FEATURES):
-            raise ValueError(f"expected (n, {len(FEATURES)}) features, got {features.shape}")
-        self.batch_sizes.observe(len(features))
-        return np.column_stack([scorer.proba(features) for scorer in self.scorers])
+        return self.models.predict_proba(features)
 
     @bentoml.api(
         batchable=settings.runner_batching,
@@ -178,8 +131,7 @@ class AttritionModel:
         """Per row of `features` (as in predict_proba): [probability, base value, the
         contribution of each of the FEATURES to the log-odds], from one run of the model; with a
         challenger, its row of the same follows (the pinned model's first)."""
-        self.batch_sizes.observe(len(features))
-        return np.hstack([scorer.explain(features) for scorer in self.scorers])
+        return self.models.explain(features)
 
 
 api = create_app()
@@ -193,9 +145,11 @@ internals.json_output(AttritionModel, "predict_proba", "explain")
 @bentoml.service(name="AttritionService", http={"port": 3000}, tracing=bentoml_tracing(settings))
 @bentoml.asgi_app(api, path="/")
 class AttritionService:
-    """Entry service: validates input, calls the runner, returns typed answers."""
+    """Entry service: validates input, scores (through the runner, or inline), records, returns
+    typed answers."""
 
-    model = bentoml.depends(AttritionModel, url=settings.model_url)
+    if settings.model_placement == "service":  # else no model service is started at all
+        model = bentoml.depends(AttritionModel, url=settings.model_url)
     model_ref = bentoml.models.BentoModel(MODEL_TAG)
     if CHALLENGER_TAG is not None:
         challenger_ref = bentoml.models.BentoModel(CHALLENGER_TAG)
@@ -232,8 +186,14 @@ class AttritionService:
             self.log = inference_log.from_settings(settings, log_metrics())
         # The same checks as the middlewares, for the fast path.
         self.auth = JWTAuthMiddleware(None, self.settings)
+        self.scoring: ModelClient
+        if settings.model_placement == "inline":  # this worker's own copy of the models
+            models = ModelSet.load(served_models(self), settings.runner_backend)
+            self.scoring = InlineModel(models, threads=settings.entry_batch_lanes)
+        else:
+            self.scoring = RemoteModel(lambda: self.model, settings.model_retry_seconds)
         self.predictor = Predictor(
-            model=lambda: self.model,
+            model=self.scoring,
             settings=settings,
             model_tag=MODEL_TAG,
             threshold=self.threshold,
@@ -293,6 +253,7 @@ class AttritionService:
         if self.log is not None:
             self.log.close()  # write what waits; what cannot be written is replayed at start
         self.password_grant.close()
+        self.scoring.close()
         self.choice.close()
         self.engine.dispose()
 

@@ -140,6 +140,9 @@ class Settings(BaseSettings):
     )
     """The ratio of the *traceidratio samplers (default 1.0)."""
 
+    model_placement: Literal["service", "inline"] = "service"
+    """Where the model runs: service = its own BentoML service with adaptive batching (a model with resources of its own, separate scaling, the split topology); inline = in every entry worker, scoring the worker's coalesced batches on its own threads (one machine, a small CPU model: no hop, the most predictions per core, a copy of the models per worker)."""
+
     model_url: str | None = None
     """URL of a separately served model service (split topology), e.g. http://attrition-model:3000;
     unset = the model service runs inside this server (one `bentoml serve`)."""
@@ -282,6 +285,14 @@ class Settings(BaseSettings):
     @classmethod
     def _role_map(cls, value: object) -> object:
         return parse_role_map(value)
+
+    @model_validator(mode="after")
+    def _placement(self) -> "Settings":
+        if self.model_placement == "inline" and self.model_url is not None:
+            raise ValueError(
+                "ATTRITION_MODEL_PLACEMENT=inline scores in the entry workers: unset ATTRITION_MODEL_URL"
+            )
+        return self
 
     @model_validator(mode="after")
     def _provider(self) -> "Settings":

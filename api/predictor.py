@@ -1,11 +1,11 @@
 """The Predictor: the one pipeline of both HTTP paths (the fast path and BentoML's routes):
-score (through the entry's coalescers and the model service), record (the inference log,
-before any answer), answer."""
+score (through the entry's coalescers and the model, wherever it runs: api/scoring.py), record
+(the inference log, before any answer), answer."""
 
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple, cast
 
@@ -16,8 +16,8 @@ from pydantic import TypeAdapter, ValidationError
 from api import internals, tracing
 from api.batching import Coalescer
 from api.fastpath import DECLINE, FastResponse
-from api.lifecycle import call_with_retry
 from api.schemas import Prediction
+from api.scoring import ModelClient
 from auth.middleware import JWTAuthMiddleware, Principal, Refusal
 from persistence.inference_log.writer import InferenceLog, LogUnavailable, Record
 from persistence.model_changes import ModelChoice
@@ -57,7 +57,7 @@ class Predictor:
     def __init__(
         self,
         *,
-        model: Callable[[], Any],
+        model: ModelClient,
         settings: Settings,
         model_tag: str,
         threshold: float,
@@ -67,7 +67,7 @@ class Predictor:
         challenger: Answering | None = None,
         choice: ModelChoice | None = None,
     ) -> None:
-        self.model = model  # the model service's client (BentoML resolves it on first use)
+        self.model = model  # the model service's client, or this worker's own (api/scoring.py)
         self.settings = settings
         self.model_tag = model_tag  # the pinned model
         self.threshold = threshold
@@ -100,23 +100,11 @@ class Predictor:
         return 0
 
     async def _score(self, employees: list[Employee]) -> list[np.ndarray]:
-        """Call the model service; retried while its connection fails (a keep-alive connection
-        closed under the request, or a model service restarting), up to model_retry_seconds.
-        Scoring is pure, so a retry is safe."""
-        features = feature_matrix(employees)
-        result = await call_with_retry(
-            lambda: self.model().to_async.predict_proba(features),
-            budget_seconds=self.settings.model_retry_seconds,
-        )
-        return list(np.asarray(result, dtype=float).reshape(len(employees), -1))
+        probs = await self.model.predict_proba(feature_matrix(employees))
+        return list(probs.reshape(len(employees), -1))
 
     async def _explain_rows(self, employees: list[Employee]) -> list[np.ndarray]:
-        features = feature_matrix(employees)
-        result = await call_with_retry(
-            lambda: self.model().to_async.explain(features),
-            budget_seconds=self.settings.model_retry_seconds,
-        )
-        return list(result)
+        return list(await self.model.explain(feature_matrix(employees)))
 
     async def explain(
         self, employees: list[Employee], top_k: int, column: int

@@ -102,3 +102,10 @@ def test_the_env_file_is_the_projects_wherever_the_process_starts(
     monkeypatch.chdir(tmp_path)
     (tmp_path / ".env").write_text("ATTRITION_MAX_BATCH_SIZE=3\n")  # not the project's .env
     assert Settings().max_batch_size != 3
+
+
+def test_inline_placement_refuses_a_model_service_url(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unset ATTRITION_MODEL_URL"):
+        Settings(data_dir=tmp_path, model_placement="inline", model_url="http://model:3000")
+    assert Settings(data_dir=tmp_path, model_placement="inline").model_url is None
+    Settings(data_dir=tmp_path, model_url="http://model:3000")  # the service placement's split
