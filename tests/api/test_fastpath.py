@@ -275,6 +275,9 @@ def test_buffered_access_lines_are_what_logging_writes_line_by_line(
     """Batched (BentoML's format, second resolution) or not (milliseconds), the text is the
     same as logging.info's, and nothing is lost or reordered."""
     monkeypatch.setattr(time, "time", lambda: 1_790_000_000.25)  # logging reads it too
+    # Python's own records, as BentoML's server has them (importing ray, which the bench extra
+    # brings, installs a record factory whose clock the patch above does not reach).
+    monkeypatch.setattr(logging, "_logRecordFactory", logging.LogRecord)
     ours, theirs = io.StringIO(), io.StringIO()
     writer = BufferedAccessLog(traced_logger("test.access.ours", fmt, ours))
     reference = traced_logger("test.access.theirs", fmt, theirs)
