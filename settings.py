@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     """Model to serve from the BentoML model store; pin a version (attrition:abc123) in production."""
 
     challenger_tag: str | None = None
-    """A second model scored on every request as a shadow (recorded, never returned) and the one `python -m persistence promote` makes answer; unset = none. Pin a version in production."""
+    """A second model scored on every request as a shadow (recorded, never returned) and the one `python -m persistence promote` makes answer; unset or empty = none (empty turns off one an image carries). Pin a version in production."""
 
     model_choice_seconds: float = Field(5.0, gt=0, le=300)
     """How often each worker reads the newest promotion or rollback (which of the two models answers)."""
@@ -280,6 +280,12 @@ class Settings(BaseSettings):
 
     db_statement_timeout_seconds: float = Field(30.0, gt=0)
     """Longest database statement of a request (history, outcomes, login); the CLI and batch jobs have none."""
+
+    @field_validator("challenger_tag")
+    @classmethod
+    def _no_challenger(cls, value: str | None) -> str | None:
+        # An empty value overrides the one an image has baked in (a ConfigMap entry, -e).
+        return value or None
 
     @field_validator("oidc_role_map", mode="before")
     @classmethod

@@ -23,13 +23,17 @@ from persistence.inference_log.writer import InferenceLog, LogUnavailable, Recor
 from persistence.model_changes import ModelChoice
 from settings import Settings
 from training.explain import Explanation, top_drivers
-from training.schema import Employee, EmployeeInput, feature_matrix
+from training.schema import FEATURES, Employee, EmployeeInput, feature_matrix
 
 log = logging.getLogger("attrition.service")
 
 # The recorded inputs are the Employee contract's fields only (employee_ref has its own column).
 # Serializing with the contract's own schema was faster than model_dump_json(exclude=...).
 inputs_json = TypeAdapter(Employee).dump_json
+
+
+# One model's block of an explain answer: probability, base value, a contribution per feature.
+EXPLAIN_BLOCK = 2 + len(FEATURES)
 
 
 def label(probability: float, threshold: float) -> Literal["Yes", "No"]:
@@ -99,6 +103,14 @@ class Predictor:
             return 1 if self.choice.current == self.models[1].tag else 0
         return 0
 
+    def scored_by(self, rows: Sequence[Any], column: int) -> tuple[int, int]:
+        """How many of this entry's models scored every row (one answer per model), and the
+        column that answers: `column`, or the pinned model's while the model pods that answered
+        lack the challenger. They differ only while a rollout that adds or drops the challenger
+        has old and new pods side by side; a column this entry does not know is left unread."""
+        scored = min([len(self.models), *(len(row) for row in rows)])
+        return scored, column if column < scored else 0
+
     async def _score(self, employees: list[Employee]) -> list[np.ndarray]:
         probs = await self.model.predict_proba(feature_matrix(employees))
         return list(probs.reshape(len(employees), -1))
@@ -119,8 +131,9 @@ class Predictor:
         else:
             rows = await self._explain_rows(unique)
         by_employee: dict[Employee, Any] = dict(zip(unique, rows, strict=True))
-        # One block of explain_matrix per model, the pinned model's first.
-        blocks = [by_employee[e].reshape(len(self.models), -1) for e in employees]
+        # One block of explain_matrix per model the model pod has, the pinned model's first.
+        blocks = [by_employee[e].reshape(-1, EXPLAIN_BLOCK) for e in employees]
+        _, column = self.scored_by(blocks, column)
         explanations = [
             top_drivers(block[column], tuple(e.model_dump().values()), top_k)
             for e, block in zip(employees, blocks, strict=True)
@@ -175,7 +188,6 @@ class Predictor:
         started = time.perf_counter()
         request_id = uuid.uuid4()
         column = self.answering()  # once per request: all its rows answer with the same model
-        model = self.models[column]
         explanations = None
         scores: list[Any]
         if top_k is not None:
@@ -184,13 +196,15 @@ class Predictor:
             scores = await self.coalescer.score(cast(list[Any], employees))
         else:
             scores = await self._score(list(employees))
+        scored, column = self.scored_by(scores, column)
+        model = self.models[column]
         probs = [float(row[column]) for row in scores]
         latency_ms = (time.perf_counter() - started) * 1000
         if self.log is not None:
             created_at = datetime.now(UTC).isoformat()
             subject = principal.subject if principal else "anonymous"
             threshold = model.threshold
-            shadow = self.models[1 - column] if len(self.models) == 2 else None
+            shadow = self.models[1 - column] if scored == 2 else None
             if batch:  # one record per row, each with an id of its own
                 ids = [str(uuid.uuid5(request_id, str(i))) for i in range(len(employees))]
             else:

@@ -42,6 +42,33 @@ def model_tag() -> str:
 
 
 @pytest.fixture(scope="session")
+def challenger() -> str:
+    """Tag of a small fairness-aware model saved as the challenger (seconds to train), reused
+    while the test store holds one this code trained from the same rows: the session's image packs
+    it and names its version, so a new one each session would build (and keep) a new image each."""
+    import bentoml
+    from sklearn.model_selection import train_test_split
+
+    from training.data import load_reference
+    from training.fairness import PROTECTED
+    from training.schema import FEATURES
+    from training.train import ARTIFACT_VERSION, CHALLENGER_NAME, fingerprint, save, train
+
+    frame = load_reference()
+    small, _ = train_test_split(frame, train_size=450, stratify=frame["Attrition"], random_state=3)
+    small, seed = small.reset_index(drop=True), 7
+    wanted = {"artifact_version": ARTIFACT_VERSION, "data_sha256": fingerprint(small),
+              "protected_attributes_excluded": [f for f in FEATURES if f in PROTECTED],  # as stored
+              "seed": seed}  # fmt: skip
+    for model in bentoml.models.list():  # list(name) raises while there is none of that name
+        if model.tag.name == CHALLENGER_NAME and {k: model.info.metadata.get(k) for k in wanted} == wanted:  # fmt: skip
+            return str(model.tag)
+    result = train(small, exclude=PROTECTED, seed=seed, folds=3, repeats=1,
+                   families=("logistic_regression",))  # fmt: skip
+    return save(result, challenger=True)
+
+
+@pytest.fixture(scope="session")
 def pipeline(model_tag: str) -> Any:
     import bentoml
 

@@ -75,6 +75,14 @@ def test_environment_variables_use_the_prefix(monkeypatch: pytest.MonkeyPatch) -
     assert Settings().max_batch_size == 17
 
 
+def test_an_empty_challenger_tag_means_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    """So a ConfigMap's empty entry turns off the challenger an image carries."""
+    monkeypatch.setenv("ATTRITION_CHALLENGER_TAG", "")
+    assert Settings().challenger_tag is None
+    monkeypatch.setenv("ATTRITION_CHALLENGER_TAG", "attrition-challenger:c1")
+    assert Settings().challenger_tag == "attrition-challenger:c1"
+
+
 def test_minting_uses_the_development_secret_a_dev_server_left(tmp_path: Path) -> None:
     server = Settings(dev_mode=True, data_dir=tmp_path).secured()  # `make serve` generated it
     cli = Settings(data_dir=tmp_path).for_minting()  # a shell without ATTRITION_DEV_MODE

@@ -3,6 +3,10 @@
 # (e.g. attrition-service:0.1.0-x5mglnhkykwuwax4), and write that reference to build/image.txt;
 # then the monitoring report's image on top of it (monitoring.Containerfile), same tag, its
 # reference in build/monitoring-image.txt.
+# With ATTRITION_CHALLENGER_TAG set, the challenger is packed too (the shadow a promotion makes
+# answer, no rebuild needed) and the tag names both: <project version>-<model version>-<challenger
+# version> (e.g. 0.1.0-x5mglnhkykwuwax4-q2k7dbxkzgwuwax4); three parts, not two. The full tags
+# (name:version) are the image's ATTRITION_MODEL_TAG and ATTRITION_CHALLENGER_TAG.
 # With a Docker engine: `bentoml containerize` on BentoML's default base (python:3.11-slim).
 # Without one (no Docker engine, no Docker Hub): podman from Debian's packages and a base image
 # bootstrapped from Debian's packages; whatever is missing is installed here.
@@ -19,9 +23,16 @@ source deploy/image/podman.sh
 source deploy/image/base.sh
 
 version=$("$BIN/python" -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
-# The model the image serves: ATTRITION_MODEL_TAG (default attrition:latest), resolved once.
-model=$("$BIN/python" -c 'import bentoml; from settings import get_settings; print(bentoml.models.get(get_settings().model_tag).tag)')
-tag="$version-${model#*:}"
+# The model the image serves, ATTRITION_MODEL_TAG (default attrition:latest), and its challenger,
+# ATTRITION_CHALLENGER_TAG (default none; empty = none), each resolved once to name:version.
+resolved=$("$BIN/python" -c '
+import bentoml
+from settings import get_settings
+s = get_settings()
+print(bentoml.models.get(s.model_tag).tag, bentoml.models.get(s.challenger_tag).tag if s.challenger_tag else "")
+')
+read -r model challenger <<<"$resolved"
+tag="$version-${model#*:}${challenger:+-${challenger#*:}}"
 
 base_image=""
 # CONTAINER_ENGINE=podman|docker forces one (the tests run the image with podman); default: a
@@ -41,27 +52,14 @@ else
   network=(--network host)
 fi
 
-# The build's bentofile: the project's, with the pinned model baked in (and the local base).
+# The build's bentofile: the project's, with the pinned models baked in (and the local base).
 mkdir -p build
-"$BIN/python" - "$model" "$base_image" >build/bentofile.container.yaml <<'PY'
-import sys
-
-import yaml
-
-model, base = sys.argv[1:]
-spec = yaml.safe_load(open("bentofile.yaml"))
-spec["envs"] = [e for e in spec.get("envs", []) if e["name"] != "ATTRITION_MODEL_TAG"]
-spec["envs"].append({"name": "ATTRITION_MODEL_TAG", "value": model})
-if base:
-    spec["docker"]["base_image"] = base
-    for key in ("distro", "python_version"):  # only describe BentoML's default base
-        spec["docker"].pop(key, None)
-yaml.safe_dump(spec, sys.stdout, sort_keys=False)
-PY
+"$BIN/python" -m deploy.bentofile "$model" "$challenger" "$base_image" >build/bentofile.container.yaml
 
 "$BIN/bentoml" delete -y "attrition_service:$tag" >/dev/null 2>&1 || true
-ATTRITION_MODEL_TAG=$model "$BIN/bentoml" build -f build/bentofile.container.yaml \
-  --version "$tag" --output tag >/dev/null
+# service.py packs the models these name, the ones the tag names (an empty challenger: none).
+ATTRITION_MODEL_TAG=$model ATTRITION_CHALLENGER_TAG=$challenger "$BIN/bentoml" build \
+  -f build/bentofile.container.yaml --version "$tag" --output tag >/dev/null
 image_id() { "$engine" image inspect --format '{{.Id}}' "$1" 2>/dev/null || true; }
 previous=$(image_id "$IMAGE_NAME:$tag")
 previous_monitoring=$(image_id "$MONITORING_IMAGE_NAME:$tag")

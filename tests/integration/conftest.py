@@ -8,10 +8,11 @@ from tests.integration.containers import IMAGE_DIR, run_script
 
 
 @pytest.fixture(scope="session")
-def image(model_tag: str) -> str:
+def image(model_tag: str, challenger: str) -> str:
     """The service's image, by the same script as `make container`, with podman (which also
-    builds the monitoring image on it)."""
-    env = {"ATTRITION_MODEL_TAG": model_tag, "CONTAINER_ENGINE": "podman"}
+    builds the monitoring image on it); it carries a challenger, so the one build covers both."""
+    env = {"ATTRITION_MODEL_TAG": model_tag, "ATTRITION_CHALLENGER_TAG": challenger,
+           "CONTAINER_ENGINE": "podman"}  # fmt: skip
     seconds, out = run_script(IMAGE_DIR / "build.sh", env)
     monitoring = [ln for ln in out.splitlines() if ln.startswith("built attrition-monitoring")]
     print(f"service and monitoring images built in {seconds:.0f}s ({'; '.join(monitoring)})")

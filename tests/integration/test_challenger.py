@@ -14,30 +14,12 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from sklearn.model_selection import train_test_split
 
 from tests.conftest import PostgresDatabases, Stack, start_stack
 from tests.helpers import PROJECT_DIR, employee_rows
-from training.data import load_reference
-from training.fairness import PROTECTED
-from training.train import save, train
 
 pytestmark = pytest.mark.integration
 ROWS = employee_rows(8)
-
-
-@pytest.fixture(scope="module")
-def challenger() -> Iterator[str]:
-    """A small fairness-aware model saved as the challenger."""
-    import bentoml
-
-    frame = load_reference()
-    small, _ = train_test_split(frame, train_size=450, stratify=frame["Attrition"], random_state=3)
-    result = train(small.reset_index(drop=True), exclude=PROTECTED, seed=7, folds=3, repeats=1,
-                   families=("logistic_regression",))  # fmt: skip
-    tag = save(result, challenger=True)
-    yield tag
-    bentoml.models.delete(tag)
 
 
 @pytest.fixture(scope="module")

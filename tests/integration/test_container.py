@@ -1,8 +1,9 @@
 """The OCI images (make container), run with podman against the real PostgreSQL: the service
 starts from environment variables alone, non-root, no compilers, <= 900 MB; token, prediction,
-log row; the run block of docs/operations/deploy.md works as written; SIGTERM (`podman stop`)
-under load costs no 5xx and loses no row. The monitoring image runs the CronJob's command as its
-manifest says (podman kube play ignores CronJobs) and stores the report's summary."""
+log row, the challenger the image packs scored in shadow, promoted and rolled back; the run block
+of docs/operations/deploy.md works as written; SIGTERM (`podman stop`) under load costs no 5xx
+and loses no row. The monitoring image runs the CronJob's command as its manifest says (podman
+kube play ignores CronJobs) and stores the report's summary."""
 
 import json
 import subprocess
@@ -119,15 +120,22 @@ def wait_for_rows(url: str, n: int) -> None:
 
 
 def test_image_runs_from_environment_alone_and_serves(
-    image: str, served: tuple[Container, str]
+    image: str, served: tuple[Container, str], model_tag: str, challenger: str
 ) -> None:
+    """Also the challenger the image packs (build.sh, ATTRITION_CHALLENGER_TAG): named by its
+    tag, set in its environment, scored in shadow and recorded, never returned."""
     ctr, url = served
-    size = int(json.loads(podman("image", "inspect", image))[0]["Size"])
+    (info,) = json.loads(podman("image", "inspect", image))
+    size = int(info["Size"])
+    packed = podman("exec", ctr.name, "du", "-s", "-B1", f"/home/bentoml/bento/models/{challenger.split(':')[0]}")  # fmt: skip
     print(
-        f"image {image}: {size / 1e6:.0f} MB, start to /readyz {ctr.start_seconds:.1f}s"
-        f" ({ctr.start_cpu_seconds:.1f} CPU-s)"
+        f"image {image}: {size / 1e6:.0f} MB (the challenger {int(packed.split()[0]) / 1e6:.1f} MB"
+        f" of it), start to /readyz {ctr.start_seconds:.1f}s ({ctr.start_cpu_seconds:.1f} CPU-s)"
     )
     assert size <= MAX_IMAGE_BYTES
+    assert image.endswith(f"-{model_tag.split(':')[1]}-{challenger.split(':')[1]}")
+    env = dict(e.split("=", 1) for e in info["Config"]["Env"])
+    assert (env["ATTRITION_MODEL_TAG"], env["ATTRITION_CHALLENGER_TAG"]) == (model_tag, challenger)
     assert podman("exec", ctr.name, "id", "-u").strip() != "0"
     tools = podman("exec", ctr.name, "sh", "-c", COMPILERS)
     assert tools.strip() == "", f"compilers in the image: {tools}"
@@ -136,7 +144,39 @@ def test_image_runs_from_environment_alone_and_serves(
     row = employee_rows(1)[0]
     r = httpx.post(f"{ctr.url}/predict/attrition", json=row, headers=headers, timeout=30)
     assert r.status_code == 200, r.text
+    assert r.json()["model_tag"] == model_tag and challenger not in r.text
     wait_for_rows(url, logged + 1)
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+        (record,) = conn.execute(
+            "SELECT model_tag, challenger_tag, challenger_probability FROM inferences WHERE id = %s",
+            (r.json()["request_id"],),
+        ).fetchall()
+    assert record[:2] == (model_tag, challenger) and 0 <= record[2] <= 1
+
+
+def test_the_packed_challenger_is_promoted_and_rolled_back_without_a_rebuild(
+    container: tuple[Container, str], model_tag: str, challenger: str
+) -> None:
+    """The commands in the running image (as `kubectl exec` runs them in an entry pod), no new
+    image, no restart: the next answers come from the model each one chose."""
+    ctr, url = container
+    seed_users(url)
+    headers = token(ctr)
+
+    def answering() -> str:
+        r = httpx.post(f"{ctr.url}/predict/attrition", json=employee_rows(1)[0], headers=headers,
+                       timeout=30)  # fmt: skip
+        assert r.status_code == 200, r.text
+        return str(r.json()["model_tag"])
+
+    assert answering() == model_tag
+    for command, expected in (("promote", challenger), ("rollback", model_tag)):
+        podman("exec", "-w", "/home/bentoml/bento/src", ctr.name, "python", "-m", "persistence",
+               command, "--by", "test", "--reason", "in the image")  # fmt: skip
+        deadline = time.monotonic() + 30  # every ATTRITION_MODEL_CHOICE_SECONDS (5 s)
+        while answering() != expected and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert answering() == expected, command
 
 
 def test_the_docs_run_block_works_as_written(image: str, tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """`podman kube play` of the rendered dev overlay: entry, model and PostgreSQL pods; a user, a
-token, a prediction and its inference-log row; after `podman kube down` the database's volume
-and every row are still there."""
+token, a prediction and its inference-log row, with the shadow score of the challenger the image
+carries; after `podman kube down` the database's volume and every row are still there."""
 
 import base64
 import copy
@@ -195,7 +195,7 @@ def played(image: str, postgres_image: str, tmp_path: Path) -> Iterator[Playable
 
 
 def test_kube_play_of_the_dev_overlay_serves_logs_and_keeps_its_rows(
-    played: Playable, tmp_path: Path
+    played: Playable, challenger: str, tmp_path: Path
 ) -> None:
     manifest = write(played.docs, tmp_path / "dev.yaml")
     started = time.monotonic()
@@ -229,6 +229,10 @@ def test_kube_play_of_the_dev_overlay_serves_logs_and_keeps_its_rows(
     assert r.status_code == 200, r.text
     request_id = r.json()["request_id"]
     wait_until(lambda: logged(db, request_id) == 1, "the inference-log row", 60)
+    # Scored by both models in the model pod, from the image's settings alone (no ConfigMap entry).
+    with psycopg.connect(db) as conn:
+        shadow = conn.execute("SELECT challenger_tag FROM inferences WHERE id = %s", (request_id,))
+        assert shadow.fetchone() == (challenger,)
 
     started = time.monotonic()
     podman("kube", "down", str(manifest))

@@ -1,19 +1,22 @@
 """Split topology: the model service on a server of its own, two entry servers calling it by
 URL. Same answers as the co-located service, adaptive batches at the model service, every
-prediction logged, and a model-service restart under load costs no error."""
+prediction logged, a model-service restart under load costs no error, and neither an entry nor a
+model service that has the challenger while the other has not (a rollout adding one) does."""
 
 import asyncio
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+import psycopg
 import pytest
 
 from tests.conftest import SERVER_ENV, PostgresDatabases, Stack, seed_users
-from tests.harness import MODEL, Server, inference_rows, split_topology
+from tests.harness import ENTRY, MODEL, Server, inference_rows, split_topology
 from tests.helpers import employee_rows
 from tests.integration.test_service import batch_histogram
 from tests.integration.test_shutdown import bearer
@@ -128,3 +131,53 @@ def test_model_service_restart_under_load_costs_no_error(split: Split, tmp_path:
         time.sleep(0.3)
     assert inference_rows(split.url) - before == len(ok)
     assert logged(split.url, ok) == len(ok)
+
+
+def without_ids(value: Any) -> Any:
+    """An answer with its request id left out and its floats to 1e-9 (another model server)."""
+    if isinstance(value, dict):
+        return {k: without_ids(v) for k, v in value.items() if k != "request_id"}
+    if isinstance(value, list):
+        return [without_ids(v) for v in value]
+    return round(value, 9) if isinstance(value, float) else value
+
+
+@pytest.mark.parametrize("added_to", ["entry", "model"])
+def test_a_rollout_adding_the_challenger_answers_as_before_meanwhile(
+    added_to: str, split: Split, challenger: str, tmp_path: Path
+) -> None:
+    """While an image that adds the challenger rolls out, new pods call old ones and old call
+    new: an entry with the challenger calling a model service without it, or the reverse,
+    answers every route as a pair without it does (the pinned model, its explanations), records
+    every prediction, and records no shadow score (one side has no challenger)."""
+    with_challenger = {**split.env, "ATTRITION_CHALLENGER_TAG": challenger}
+    with ExitStack() as servers:
+        model_url, entry_env = split.model.url, with_challenger
+        if added_to == "model":
+            model = Server(MODEL, with_challenger, log=tmp_path / "model.log")
+            servers.callback(model.stop)
+            model_url, entry_env = model.url, split.env
+        entry = Server(ENTRY, {**entry_env, "ATTRITION_MODEL_URL": model_url},
+                       log=tmp_path / "entry.log")  # fmt: skip
+        servers.callback(entry.stop)
+        headers = bearer(split.url, tmp_path)
+        before = inference_rows(split.url)
+        what_if = {"employee": ROWS[0], "scenarios": [{"changes": {"OverTime": "No"}}]}
+        for path, body, params in [
+            ("/predict/attrition", ROWS[0], {}),
+            ("/predict/attrition", ROWS[0], {"explain": "true", "top_k": "5"}),
+            ("/predict/attrition/batch", {"employees": ROWS[1:4]}, {"explain": "true"}),
+            ("/predict/attrition/what-if", what_if, {}),
+        ]:
+            got, want = (httpx.post(f"{url}{path}", json=body, params=params, headers=headers,
+                                    timeout=60) for url in (entry.url, split.entries[0].url))  # fmt: skip
+            assert got.status_code == 200, got.text
+            assert without_ids(got.json()) == without_ids(want.json()), path
+    # 7 rows from each entry (1 + 1 + 3 + 2), none with a shadow score.
+    deadline = time.monotonic() + 30
+    while inference_rows(split.url) - before < 14 and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert inference_rows(split.url) - before == 14
+    with psycopg.connect(split.url.replace("+psycopg", "")) as conn:
+        shadowed = conn.execute("SELECT count(*) FROM inferences WHERE challenger_tag IS NOT NULL")
+        assert shadowed.fetchone() == (0,)
