@@ -1,4 +1,5 @@
-"""A challenger on a real `bentoml serve`: scored in the same batch and recorded on every route,
+"""A challenger on a real `bentoml serve`, in both placements of the model: scored in the same
+batch (its own answer for the recorded inputs) and recorded on every route,
 never returned; promotion and rollback under load with no error, every record naming the model
 that answered."""
 
@@ -12,26 +13,31 @@ from datetime import datetime
 from typing import Any
 
 import httpx
+import pandas as pd
 import psycopg
 import pytest
 
 from tests.conftest import PostgresDatabases, Stack, start_stack
 from tests.helpers import PROJECT_DIR, employee_rows
+from training.schema import FEATURES
 
 pytestmark = pytest.mark.integration
 ROWS = employee_rows(8)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["service", "inline"])
 def shadowed(
+    request: pytest.FixtureRequest,
     model_tag: str,
     challenger: str,
     postgres: PostgresDatabases,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
+    """A server with the challenger in shadow, in each placement of the model."""
     with pytest.MonkeyPatch.context() as env:
         env.setenv("ATTRITION_CHALLENGER_TAG", challenger)
         env.setenv("ATTRITION_MODEL_CHOICE_SECONDS", "0.5")
+        env.setenv("ATTRITION_MODEL_PLACEMENT", request.param)
         stack = start_stack("postgresql", model_tag, postgres, tmp_path_factory.mktemp("shadow"))
     yield stack
     stack.server.stop()
@@ -41,7 +47,8 @@ def records(url: str, ids: list[str]) -> dict[str, dict[str, Any]]:
     with psycopg.connect(url.replace("+psycopg", "")) as conn:
         cur = conn.execute(
             "SELECT id::text, model_tag, probability, label, threshold, challenger_tag,"
-            " challenger_probability, challenger_label FROM inferences WHERE id = ANY(%s::uuid[])",
+            " challenger_probability, challenger_label, inputs FROM inferences"
+            " WHERE id = ANY(%s::uuid[])",
             (ids,),
         )
         names = [d.name for d in cur.description]
@@ -81,6 +88,9 @@ def persistence(
 def test_every_route_records_the_challenger_and_never_returns_it(
     shadowed: Stack, model_tag: str, challenger: str
 ) -> None:
+    import bentoml
+
+    shadow = bentoml.sklearn.load_model(challenger)
     url, headers = shadowed.server.url, shadowed.headers("hr")
     answers: list[tuple[httpx.Response, int | None]] = []
     with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
@@ -104,6 +114,9 @@ def test_every_route_records_the_challenger_and_never_returns_it(
             assert record["model_tag"] == model_tag and record["challenger_tag"] == challenger
             p = record["challenger_probability"]
             assert p is not None and 0 <= p <= 1 and p != record["probability"]
+            # The challenger's own answer for the recorded inputs, computed apart.
+            frame = pd.DataFrame([record["inputs"]], columns=list(FEATURES))
+            assert abs(p - shadow.predict_proba(frame)[0, 1]) <= 1e-9
             assert record["challenger_label"] in ("Yes", "No")
             for text in (repr(p), f"{p:.6f}", f"{p:.4f}"):
                 assert text not in response.text, (text, response.text)
