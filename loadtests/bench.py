@@ -4,9 +4,11 @@ throughput and latency, and where the CPU went per request, by process group.
 python -m loadtests.bench --scenarios full,noop,ray-1,ray-2 --concurrency 1,16,64 --duration 15
 python -m loadtests.bench --scenarios full --baseline main --batch-seconds 60   # before/after
 python -m loadtests.bench --scenarios floor,ray-2tier --concurrency 1,16 --duration 3 --warmup 1
+python -m loadtests.bench --scenarios full,challenger --concurrency 64 --passes 2   # shadow cost
 
-The ray-* scenarios need the `bench` extra (`make bench` installs it). Before a peer is timed,
-its answers are checked against the service's on the same employees.
+The ray-* scenarios need the `bench` extra (`make bench` installs it). Before a peer (or the
+inline placement) is timed, its answers are checked against the service's on the same employees.
+The challenger scenario needs a challenger in the store (`python -m training --challenger ...`).
 """
 
 import argparse
@@ -66,12 +68,34 @@ class Scenario:
     """The model service on a server of its own, the entry calling it by URL (split topology)."""
     otlp_sink: bool = False
     """Tracing on, every span exported to a local OTLP receiver that drops it."""
+    checked: bool = False
+    """Its answers are checked against the service's (1e-6) before it is timed."""
+    challenger: bool = False
+    """A challenger in shadow (--challenger): every batch scored by both models."""
 
 
 SCENARIOS = {
     s.name: s
     for s in [
-        Scenario("full", "full service: auth, adaptive batching"),
+        Scenario("full", "full service: auth, adaptive batching (placement service)"),
+        Scenario(
+            "inline",
+            "full service, placement inline: each entry worker scores its coalesced batches "
+            "on its own ONNX Runtime session (no model service, no hop)",
+            {"ATTRITION_MODEL_PLACEMENT": "inline"},
+            checked=True,
+        ),
+        Scenario(
+            "challenger",
+            "full service with a challenger in shadow (scored in the same batch, recorded)",
+            challenger=True,
+        ),
+        Scenario(
+            "inline-challenger",
+            "inline, with a challenger in shadow (scored in the same batch, recorded)",
+            {"ATTRITION_MODEL_PLACEMENT": "inline"},
+            challenger=True,
+        ),
         Scenario(
             "split",
             "same, the model service on a server of its own, called by URL (split topology)",
@@ -147,6 +171,7 @@ SCENARIOS = {
                 "no auth, validation or log",
                 auth=False,
                 ray_replicas=n,
+                checked=True,
             )
             for n in (1, 2)
         ),
@@ -156,6 +181,7 @@ SCENARIOS = {
             "(JWT, EmployeeInput) x2 -> handle (gRPC) -> model (@serve.batch, ONNX) x1; no log",
             ray_replicas=2,  # the service's entry workers and model worker (configuration.yaml)
             ray_tiers=2,
+            checked=True,
         ),
         Scenario(
             "floor",
@@ -165,7 +191,12 @@ SCENARIOS = {
         ),
     ]
 }
-DEFAULT_SCENARIOS = "full,nobatch,noop,ray-1,ray-2"
+# Issue 20's table: both placements, both Ray Serve shapes, the floor.
+DEFAULT_SCENARIOS = "full,inline,ray-1,ray-2,ray-2tier,floor"
+# Each placement and its peers: the Ray shape it is measured against (the best of them per cell).
+GOALS = {"full": ("ray-2tier",), "inline": ("ray-1", "ray-2")}
+# The scenarios whose batch route --batch-seconds also loads.
+BATCHED = ("full", "inline")
 
 
 def write_bodies(path: Path, batch: int = 0) -> None:
@@ -523,11 +554,19 @@ def main(argv: list[str] | None = None) -> int:
         "--database-url", help="default: a fresh PostgreSQL database for each scenario"
     )
     parser.add_argument(
-        "--batch-seconds", type=int, default=0, help="also load the batch route (full only)"
+        "--batch-seconds",
+        type=int,
+        default=0,
+        help=f"also load the batch route ({', '.join(BATCHED)})",
     )
     parser.add_argument(
         "--baseline",
         help="also run each scenario from this git revision (e.g. main), just before this one",
+    )
+    parser.add_argument(
+        "--challenger",
+        default="attrition-challenger:latest",
+        help="the challenger scenario's shadow model (default: the newest saved challenger)",
     )
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
@@ -536,6 +575,19 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     return run(args)
+
+
+def challenger_tag(args: argparse.Namespace) -> str:
+    """The challenger scenario's model, resolved in the store (a clear error when it is not)."""
+    import bentoml
+
+    try:
+        return str(bentoml.models.get(args.challenger).tag)
+    except bentoml.exceptions.NotFound:
+        raise SystemExit(
+            f"no {args.challenger} in the model store: save one with "
+            "`python -m training --exclude-protected --no-compare --challenger`"
+        ) from None
 
 
 @contextmanager
@@ -623,6 +675,8 @@ def run(args: argparse.Namespace) -> int:
                         "ATTRITION_DATABASE_URL": url,
                         **sc.env,
                     }
+                    if sc.challenger:
+                        env["ATTRITION_CHALLENGER_TAG"] = challenger_tag(args)
                     if sc.otlp_sink:
                         sink = stack.enter_context(otlp_receiver(keep=False))
                         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = sink.url
@@ -634,7 +688,7 @@ def run(args: argparse.Namespace) -> int:
                         print(f"{name}: did not start: {str(exc)[-3000:]}", file=sys.stderr)
                         continue
                     server = servers[0]
-                    if sc.ray_replicas:
+                    if sc.checked:
                         if reference is None:
                             reference = service_answers(args, work, model_tag, checked)
                         wrong = mismatches(reference, answers(server.url, checked, token))
@@ -660,12 +714,14 @@ def run(args: argparse.Namespace) -> int:
                         rows.append((name, c, result))
                         print(f"{name:>8} c={c:<3} {result}", file=sys.stderr, flush=True)
                         time.sleep(1)
-                    if args.batch_seconds and scenario == "full" and isinstance(server, Server):
+                    if args.batch_seconds and scenario in BATCHED and isinstance(server, Server):
                         b = batch_throughput(server, batch_bodies, token, url, args.batch_seconds)
-                        batch_rows.append((name, b))
+                        batch_rows.append((name if args.passes == 1 else f"{name} #{number}", b))
                         print(f"{name:>8} batch {b}", file=sys.stderr, flush=True)
     table = "\n\n".join(
-        t for t in (render(rows, args), render_goal(rows), render_cpu(rows)) if t
+        t
+        for t in (render(rows, args), render_goal(rows), render_cpu(rows), render_floor(rows))
+        if t
     ) + render_batch(batch_rows)
     print(table)
     REPORTS.mkdir(exist_ok=True)
@@ -701,33 +757,64 @@ def labels(rows: list[tuple[str, int, dict[str, float]]]) -> list[str]:
 
 
 def render_goal(rows: list[tuple[str, int, dict[str, float]]]) -> str:
-    """Issue 13's goal in this run's ratios: full against the best Ray configuration of the
-    same pass (on a shared machine, minutes apart can differ more than the servers do)."""
+    """Issue 20's goals in this run's ratios: each placement against the best of its Ray Serve
+    shape (GOALS) in the same pass (on a shared machine, minutes apart can differ more than the
+    servers do)."""
     cells = {(r.get("pass", 1), name, c): r for name, c, r in rows}
     passes = sorted({p for p, _, _ in cells})
-    levels = sorted({c for _, name, c in cells if name == "full"})
-    peers = sorted({name for name, _, _ in rows if SCENARIOS[name.split("@")[0]].ray_replicas})
-    if not levels or not peers:
-        return ""
     lines = [
-        "full against the best Ray configuration at each client count, within each pass (goal: "
-        "requests/s >= 1 and p99 <= 1 at 16 and 64 clients, p50 <= 1 at 1 client):",
+        "Each placement against the best Ray Serve configuration of its shape at each client "
+        "count, within each pass (goal: requests/s >= 1 and p99 <= 1 at 16 and 64 clients, "
+        "p50 <= 1 at 1 client):",
         "",
-        "| pass | clients | best Ray | full / Ray requests/s | full / Ray p50 | full / Ray p99 |",
+        "| pass | placement | clients | best Ray | requests/s ratio | p50 ratio | p99 ratio |",
+        "| ---: | --- | ---: | --- | ---: | ---: | ---: |",
+    ]
+    found = False
+    for number in passes:
+        for placement, peers in GOALS.items():
+            for c in sorted({c for p, name, c in cells if p == number and name == placement}):
+                candidates = [p for p in peers if (number, p, c) in cells]
+                if not candidates:
+                    continue
+                best = max(candidates, key=lambda p: cells[(number, p, c)]["rps"])
+                f, r = cells[(number, placement, c)], cells[(number, best, c)]
+                found = True
+                lines.append(
+                    f"| {number} | {placement} | {c} | {best} | {f['rps'] / r['rps']:.2f} "
+                    f"| {f['p50_ms'] / r['p50_ms']:.2f} | {f['p99_ms'] / r['p99_ms']:.2f} |"
+                )
+    return "\n".join(lines) if found else ""
+
+
+def render_floor(rows: list[tuple[str, int, dict[str, float]]]) -> str:
+    """CPU per request of every server against the floor's in the same pass and client count:
+    how far from the machine's limit each is (the driver and wrk left out)."""
+    cells = {(r.get("pass", 1), name, c): r for name, c, r in rows}
+    lines = [
+        "CPU per request of the servers and PostgreSQL (wrk, the driver and the rest of the "
+        "machine left out) against the floor (bare ASGI on uvicorn, no framework, no model, no "
+        "log) in the same pass: ms, and how many times the floor's:",
+        "",
+        "| pass | clients | scenario | CPU ms/request | floor ms/request | x floor |",
         "| ---: | ---: | --- | ---: | ---: | ---: |",
     ]
-    for number in passes:
-        for c in levels:
-            candidates = [p for p in peers if (number, p, c) in cells]
-            if not candidates or (number, "full", c) not in cells:
-                continue
-            best = max(candidates, key=lambda p: cells[(number, p, c)]["rps"])
-            f, r = cells[(number, "full", c)], cells[(number, best, c)]
-            lines.append(
-                f"| {number} | {c} | {best} | {f['rps'] / r['rps']:.2f} "
-                f"| {f['p50_ms'] / r['p50_ms']:.2f} | {f['p99_ms'] / r['p99_ms']:.2f} |"
-            )
-    return "\n".join(lines)
+    found = False
+    for (number, name, c), r in sorted(cells.items()):
+        floor = cells.get((number, "floor", c))
+        if floor is None or name == "floor":
+            continue
+        mine, base = server_cpu_ms(r), server_cpu_ms(floor)
+        found = True
+        lines.append(f"| {number} | {c} | {name} | {mine:.3f} | {base:.3f} | {mine / base:.1f} |")
+    return "\n".join(lines) if found else ""
+
+
+def server_cpu_ms(r: dict[str, float]) -> float:
+    """ms of CPU per completed request of the servers and PostgreSQL: every group but the load
+    generator, this process and the rest of the machine."""
+    cpu = sum(v for k, v in r.items() if k.startswith("cpu:") and k[4:] not in (WRK, DRIVER, REST))
+    return cpu * 1000 / (r["requests"] or 1)
 
 
 def render_cpu(rows: list[tuple[str, int, dict[str, float]]]) -> str:
