@@ -138,7 +138,7 @@ $(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml $(LOCK)
 BENCH_ARGS ?=
 bench: model $(VENV)/.bench-installed ## Side-by-side wrk benchmark (service scenarios, no-op ceiling, floor, Ray Serve peers) -> reports/
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
-	$(BIN)/python -m loadtests.bench --batch-seconds 15 $(BENCH_ARGS)
+	$(BIN)/python -m loadtests.bench --passes 2 --batch-seconds 15 $(BENCH_ARGS)
 
 REPORT_ARGS ?=
 report: install ## Monitoring report of the inference log -> reports/monitoring (REPORT_ARGS="--since ...")
