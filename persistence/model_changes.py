@@ -122,7 +122,10 @@ class ModelChoice:
 
     def _run(self) -> None:
         while not self._stop.wait(self.every):
-            self.refresh()
+            try:
+                self.refresh()
+            except Exception:  # noqa: BLE001 - a dead thread would pin this worker's choice for good
+                log.exception("reading the model changes failed; %s keeps answering", self.current)
 
     def close(self) -> None:
         self._stop.set()

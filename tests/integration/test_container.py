@@ -173,10 +173,12 @@ def test_the_packed_challenger_is_promoted_and_rolled_back_without_a_rebuild(
     for command, expected in (("promote", challenger), ("rollback", model_tag)):
         podman("exec", "-w", "/home/bentoml/bento/src", ctr.name, "python", "-m", "persistence",
                command, "--by", "test", "--reason", "in the image")  # fmt: skip
-        deadline = time.monotonic() + 30  # every ATTRITION_MODEL_CHOICE_SECONDS (5 s)
+        deadline = time.monotonic() + 60  # read every ATTRITION_MODEL_CHOICE_SECONDS (5 s)
         while answering() != expected and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert answering() == expected, command
+        changes = podman("exec", "-w", "/home/bentoml/bento/src", ctr.name, "python", "-m",
+                         "persistence", "model-changes", check=False)  # fmt: skip
+        assert answering() == expected, f"{command}:\n{changes}\n{ctr.logs()}"
 
 
 def test_the_docs_run_block_works_as_written(image: str, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from sqlmodel import Session
 
@@ -96,6 +97,16 @@ def test_the_choice_ignores_a_change_to_a_model_not_loaded() -> None:
     assert answering(unresolved, served=SERVED, challenger=None) == SERVED
 
 
+def promote_and_wait(engine: Any, choice: ModelChoice) -> None:
+    """Record a promotion to the challenger; wait (5 s at most) for `choice` to follow it."""
+    with Session(engine) as session:
+        record_change(session=session, action="promote", from_tag=SERVED, to_tag=CHALLENGER,
+                      changed_by="kim", reason=None, monitoring_report_id=None, comparison=None)  # fmt: skip
+    deadline = time.monotonic() + 5
+    while choice.current != CHALLENGER and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def test_a_worker_follows_the_newest_change_and_keeps_it_while_the_database_is_away(
     url: str,
 ) -> None:
@@ -103,15 +114,32 @@ def test_a_worker_follows_the_newest_change_and_keeps_it_while_the_database_is_a
     choice = ModelChoice(engine=engine, served=SERVED, challenger=CHALLENGER,
                          challenger_configured="attrition-challenger:latest", every=0.05).start()  # fmt: skip
     assert choice.current == SERVED
-    with Session(engine) as session:
-        record_change(session=session, action="promote", from_tag=SERVED, to_tag=CHALLENGER,
-                      changed_by="kim", reason=None, monitoring_report_id=None, comparison=None)  # fmt: skip
-    deadline = time.monotonic() + 5
-    while choice.current != CHALLENGER and time.monotonic() < deadline:
-        time.sleep(0.02)
+    promote_and_wait(engine, choice)
     assert choice.current == CHALLENGER
     choice.engine = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/nowhere")
     assert choice.refresh() == CHALLENGER  # the last known choice, no exception
     choice.close()
     choice.engine.dispose()
     engine.dispose()
+
+
+def test_an_unexpected_error_does_not_stop_a_worker_following_the_changes(url: str) -> None:
+    """One failed read of any kind (not only the database's) must not end the worker's thread:
+    it would keep its last choice for good."""
+    engine = make_engine(url)
+    choice = ModelChoice(engine=engine, served=SERVED, challenger=CHALLENGER,
+                         challenger_configured=None, every=0.05)  # fmt: skip
+    real, calls = choice.refresh, []
+
+    def failing_once() -> str:
+        calls.append(1)
+        if len(calls) == 2:  # the thread's first read
+            raise RuntimeError("an error of no known kind")
+        return real()
+
+    choice.refresh = failing_once  # type: ignore[method-assign]
+    choice.start()
+    promote_and_wait(engine, choice)
+    choice.close()
+    engine.dispose()
+    assert choice.current == CHALLENGER and len(calls) > 2
